@@ -1,0 +1,7 @@
+"""`python -m edge` is the `edge` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,470 @@
+"""The ASGI app: a tiny router and the request lifecycle of DESIGN.md.
+
+    route + auth + body limit → parse + validate → candidates → attempts → respond
+
+Every failure is an `EdgeError` rendered by `errors.render` in the caller's dialect; any
+other exception is logged and answered as a generic 500 in the same format, so no client
+ever sees a traceback and no input stops the server from serving others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import trio
+
+from . import schema
+from ._version import __version__
+from .config import Config
+from .errors import (
+    EdgeError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UpstreamError,
+    render,
+)
+from .logs import log
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .pricing import usage_tokens
+from .providers import ChunkStream
+from .routing import Deployment
+from .service import Edge, open_edge
+from .failover import run_attempts
+from .sse import DONE, frame
+
+T = TypeVar("T")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+_JSON_HEADERS = [(b"content-type", JSON)]
+# Echo a client's id only if it is short and plain: it goes into headers and logs.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing more is sent."""
+
+
+class Request:
+    """What the handlers need to know about one request; built once, passed along."""
+
+    __slots__ = ("scope", "receive", "send", "headers", "request_id", "start", "tenant",
+                 "anthropic", "endpoint", "status")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        rid = self.headers.get(b"x-request-id")
+        if rid is None or _REQUEST_ID.fullmatch(rid) is None:
+            rid = os.urandom(12).hex().encode()
+        self.request_id = rid
+        self.start = time.perf_counter()
+        self.tenant = "anonymous"
+        self.anthropic = False
+        self.endpoint = "other"
+        self.status = 200
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1000.0
+
+
+class EdgeApp:
+    """The ASGI application. `edge` is None until the lifespan has opened the service."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.edge: Edge | None = None
+        self.max_body = config.server.max_request_bytes
+        self.cache_header = b"bypass"  # until [2/8]'s cache is wired in
+        self._keys = {bytes.fromhex(k.sha256): k for k in config.auth.keys}
+        self._anonymous_ok = not self._keys or config.auth.allow_anonymous
+        self._routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[None]]]] = {
+            "/v1/chat/completions": (("POST",), self.chat),
+            "/v1/embeddings": (("POST",), self.embeddings),
+            "/v1/models": (("GET",), self.models),
+            "/health": (("GET", "HEAD"), self.health),
+            "/health/live": (("GET", "HEAD"), self.live),
+            "/health/ready": (("GET", "HEAD"), self.ready),
+        }
+        if config.enable_metrics:
+            self._routes["/metrics"] = (("GET",), self.metrics_endpoint)
+
+    # -- ASGI entry ------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(Request(scope, receive, send))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        try:
+            async with open_edge(self.config, self.metrics) as edge:
+                self.edge = edge
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()  # lifespan.shutdown
+                edge.draining = True
+        except Exception as exc:  # a failed start-up must be reported, not hang the server
+            log.error("startup failed", error=repr(exc))
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        finally:
+            self.edge = None
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, req: Request) -> None:
+        path = req.scope["path"]
+        route = self._routes.get(path)
+        req.anthropic = path == "/v1/messages"
+        try:
+            if route is None:
+                raise NotFound(f"Unknown path: {path}", code="unknown_url")
+            methods, handler = route
+            if req.scope["method"] not in methods:
+                raise MethodNotAllowed(
+                    f"Method {req.scope['method']} is not allowed on {path}; use {methods[0]}."
+                )
+            await handler(req)
+        except EdgeError as error:
+            await self.send_error(req, error)
+        except ClientGone:
+            req.status = 499
+        except Exception as exc:  # the last line of defence: log it, answer in format
+            log.error("unhandled error", request_id=req.request_id.decode(), error=repr(exc),
+                      path=path)
+            await self.send_error(req, EdgeError("Internal error in edge; see the proxy log."))
+
+    # -- responses -------------------------------------------------------------------
+
+    def base_headers(self, req: Request) -> list[tuple[bytes, bytes]]:
+        return [(b"x-request-id", req.request_id)]
+
+    async def send_error(self, req: Request, error: EdgeError) -> None:
+        status, body = render(error, anthropic=req.anthropic)
+        headers = [*_JSON_HEADERS, *self.base_headers(req), *error.headers()]
+        if isinstance(error, MethodNotAllowed):
+            route = self._routes.get(req.scope["path"])
+            if route is not None:
+                headers.append((b"allow", ", ".join(route[0]).encode()))
+        req.status = status
+        self.metrics.errors.labels(error.type).inc()
+        self.metrics.requests.labels(req.endpoint, _status_class(status)).inc()
+        try:
+            await req.send({"type": "http.response.start", "status": status, "headers": headers})
+            await req.send({"type": "http.response.body", "body": body})
+        except OSError:
+            return  # the client is gone; nothing to tell it
+
+    async def send_json(self, req: Request, status: int, body: bytes,
+                        headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        all_headers = [*_JSON_HEADERS, (b"x-request-id", req.request_id)]
+        if headers:
+            all_headers.extend(headers)
+        req.status = status
+        await req.send({"type": "http.response.start", "status": status, "headers": all_headers})
+        await req.send({"type": "http.response.body", "body": body})
+
+    # -- request plumbing ------------------------------------------------------------
+
+    def service(self) -> Edge:
+        edge = self.edge
+        if edge is None or not edge.ready:
+            raise ServiceUnavailable("edge is starting up; retry shortly.", retry_after=1)
+        if edge.draining:
+            raise ServiceUnavailable("edge is shutting down; retry on another instance.",
+                                     retry_after=1)
+        return edge
+
+    def authenticate(self, req: Request) -> None:
+        """Sets `req.tenant` from the client key; raises Unauthorized for a wrong key."""
+        token = None
+        auth = req.headers.get(b"authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(b" ")
+            if scheme.lower() == b"bearer":
+                token = value.strip()
+        if token is None:
+            token = req.headers.get(b"x-api-key")
+        if not self._keys:
+            req.tenant = "anonymous"  # no keys configured: loopback or allow_anonymous (config)
+            return
+        if not token:
+            if self._anonymous_ok:
+                req.tenant = "anonymous"
+                return
+            raise Unauthorized("Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key'.")
+        digest = hashlib.sha256(token).digest()
+        key = self._keys.get(digest)
+        if key is None or not hmac.compare_digest(bytes.fromhex(key.sha256), digest):
+            raise Unauthorized("Invalid API key.")
+        req.tenant = key.name
+
+    async def read_body(self, req: Request) -> bytes:
+        """The whole body, refusing more than max_request_bytes before reading it."""
+        declared = req.headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = 0
+            if size > self.max_body:
+                raise PayloadTooLarge(
+                    f"Request body of {size} bytes exceeds the limit of {self.max_body} bytes."
+                )
+        message = await req.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > self.max_body:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
+            return body
+        parts = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await req.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def until_disconnect(self, req: Request, scope: trio.CancelScope) -> None:
+        """Cancel `scope` when the client goes away (Hypercorn never cancels the app)."""
+        while True:
+            message = await req.receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return
+
+    async def run_watched(self, req: Request, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work`, cancelling it at once if the client disconnects (then ClientGone).
+
+        Errors from `work` are re-raised as themselves, not wrapped in an ExceptionGroup.
+        """
+        box: list[tuple[bool, Any]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.until_disconnect, req, nursery.cancel_scope)
+            try:
+                box.append((True, await work()))
+            except Exception as exc:
+                box.append((False, exc))
+            nursery.cancel_scope.cancel()
+        if not box:
+            raise ClientGone()
+        ok, value = box[0]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    # -- endpoints -------------------------------------------------------------------
+
+    async def chat(self, req: Request) -> None:
+        req.endpoint = "chat"
+        await self._completion(req, "chat", schema.validate_chat)
+
+    async def embeddings(self, req: Request) -> None:
+        req.endpoint = "embeddings"
+        await self._completion(req, "embeddings", schema.validate_embeddings)
+
+    async def _completion(self, req: Request, endpoint: str,
+                          validate: Callable[[dict[str, Any]], str]) -> None:
+        edge = self.service()
+        self.authenticate(req)
+        raw = await self.read_body(req)
+        body = schema.parse_object(raw)
+        model = validate(body)
+        candidates = edge.router.candidates(model)
+        if not candidates:
+            raise NotFound(f"No configured provider serves the model '{model}'.", param="model",
+                           code="model_not_found")
+        metrics = self.metrics
+        metrics.inflight.inc()
+        try:
+            if endpoint == "chat" and body.get("stream") is True:
+                await self._relay_stream(req, edge, body, raw, candidates)
+            else:
+                await self._answer_json(req, edge, endpoint, body, raw, candidates)
+        finally:
+            metrics.inflight.dec()
+            metrics.duration.labels(req.endpoint).observe(time.perf_counter() - req.start)
+
+    def _on_failure(self, deployment: Deployment, error: UpstreamError) -> None:
+        self.metrics.provider_errors.labels(deployment.provider.name, error.type).inc()
+        if error.retryable:
+            self.metrics.failovers.labels(deployment.provider.name).inc()
+
+    async def _answer_json(self, req: Request, edge: Edge, endpoint: str, body: dict[str, Any],
+                           raw: bytes, candidates: tuple[Deployment, ...]) -> None:
+        async def attempt(dep: Deployment) -> dict[str, Any]:
+            began = time.perf_counter()
+            answer = await dep.provider.complete(endpoint, body, dep.model, raw)
+            self.metrics.provider_latency.labels(dep.provider.name, dep.model).observe(
+                time.perf_counter() - began)
+            return answer
+
+        answer, dep = await self.run_watched(
+            req, lambda: run_attempts(candidates, attempt, edge.config.routing, self._on_failure)
+        )
+        prompt, completion = usage_tokens(answer.get("usage"))
+        cost = edge.prices.cost(dep.model, prompt, completion)
+        self.metrics.usage(dep.provider.name, dep.model, prompt, completion, cost)
+        latency = round(req.elapsed_ms(), 3)
+        answer["metadata"] = {"provider": dep.provider.name, "cached": False, "cache_tier": None,
+                              "latency_ms": latency, "cost_usd": cost}
+        headers = [
+            (b"x-edge-cache", self.cache_header),
+            (b"x-edge-provider", dep.provider.name.encode()),
+            (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
+            (b"x-edge-cost-usd", f"{cost:.8f}".encode()),
+        ]
+        self.metrics.requests.labels(req.endpoint, "2xx").inc()
+        await self.send_json(req, 200, orjson.dumps(answer), headers)
+
+    async def _relay_stream(self, req: Request, edge: Edge, body: dict[str, Any], raw: bytes,
+                            candidates: tuple[Deployment, ...]) -> None:
+        options = body.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+        async def attempt(dep: Deployment) -> tuple[ChunkStream, dict[str, Any]]:
+            began = time.perf_counter()
+            stream = await dep.provider.open_stream("chat", body, dep.model, raw)
+            try:
+                first = await stream.__anext__()  # fail over until the first chunk is here
+            except StopAsyncIteration:
+                raise UpstreamError(f"provider {dep.provider.name} sent an empty stream") from None
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                raise
+            self.metrics.provider_latency.labels(dep.provider.name, dep.model).observe(
+                time.perf_counter() - began)
+            return stream, first
+
+        async def relay() -> None:
+            (stream, first), dep = await run_attempts(candidates, attempt, edge.config.routing,
+                                                      self._on_failure)
+            try:
+                await self._pump(req, edge, dep, stream, first, wants_usage)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+
+        await self.run_watched(req, relay)
+
+    async def _pump(self, req: Request, edge: Edge, dep: Deployment, stream: ChunkStream,
+                    first: dict[str, Any], wants_usage: bool) -> None:
+        send = req.send
+        latency = round(req.elapsed_ms(), 3)
+        headers = [
+            *_SSE_HEADERS,
+            (b"x-request-id", req.request_id),
+            (b"x-edge-cache", self.cache_header),
+            (b"x-edge-provider", dep.provider.name.encode()),
+            (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        usage = None
+        chunk: dict[str, Any] | None = first
+        try:
+            while chunk is not None:
+                if "usage" in chunk and chunk["usage"] is not None:
+                    usage = chunk["usage"]
+                    if not wants_usage:
+                        if not chunk.get("choices"):
+                            chunk = await anext(stream, None)
+                            continue
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
+                chunk = await anext(stream, None)
+        except UpstreamError as error:
+            # Headers are gone already: end the stream with an error event, never [DONE].
+            self.metrics.provider_errors.labels(dep.provider.name, error.type).inc()
+            self.metrics.requests.labels(req.endpoint, "5xx").inc()
+            _, err_body = render(error)
+            await send({"type": "http.response.body", "body": b"data: " + err_body + b"\n\n",
+                        "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": DONE, "more_body": False})
+        prompt, completion = usage_tokens(usage)
+        cost = edge.prices.cost(dep.model, prompt, completion)
+        self.metrics.usage(dep.provider.name, dep.model, prompt, completion, cost)
+        self.metrics.requests.labels(req.endpoint, "2xx").inc()
+
+    async def models(self, req: Request) -> None:
+        edge = self.service()
+        self.authenticate(req)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": owner}
+                for name, owner in edge.router.model_list()]
+        await self.send_json(req, 200, orjson.dumps({"object": "list", "data": data}))
+
+    async def health(self, req: Request) -> None:
+        edge = self.edge
+        providers = {}
+        usable = False
+        if edge is not None:
+            for name in edge.providers:
+                healthy = edge.provider_healthy(name)
+                usable = usable or healthy
+                providers[name] = {"configured": True, "healthy": healthy}
+        status = "healthy" if usable and edge is not None and not edge.draining else (
+            "draining" if edge is not None and edge.draining else "unhealthy")
+        body = {
+            "status": status,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "version": __version__,
+            "cache": {"l1_healthy": self.config.cache.enabled, "l2_healthy": False,
+                      "l2_configured": False},
+            "providers": providers,
+        }
+        await self.send_json(req, 200 if status == "healthy" else 503, orjson.dumps(body))
+
+    async def live(self, req: Request) -> None:
+        await self.send_json(req, 200, b'{"status":"alive"}')
+
+    async def ready(self, req: Request) -> None:
+        edge = self.edge
+        if edge is not None and edge.ready and not edge.draining:
+            await self.send_json(req, 200, b'{"status":"ready"}')
+        else:
+            state = "draining" if edge is not None and edge.draining else "starting"
+            await self.send_json(req, 503, orjson.dumps({"status": state}))
+
+    async def metrics_endpoint(self, req: Request) -> None:
+        body = self.metrics.render()
+        await req.send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", METRICS_CONTENT_TYPE.encode()), (b"x-request-id", req.request_id)]})
+        await req.send({"type": "http.response.body", "body": body})
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def build_app(config: Config, metrics: Metrics | None = None) -> EdgeApp:
+    """The ASGI app for `config`; serve it with Hypercorn's Trio worker (see `edge.server`)."""
+    return EdgeApp(config, metrics)

@@ -1,0 +1,181 @@
+"""Every error edge can answer with, and the one place that renders them.
+
+    EdgeError                      500 api_error (never shown as a traceback)
+    ├── BadRequest                 400 invalid_request_error
+    ├── Unauthorized               401 authentication_error
+    ├── NotFound                   404 not_found_error
+    ├── MethodNotAllowed           405 invalid_request_error
+    ├── PayloadTooLarge            413 invalid_request_error
+    ├── RateLimited                429 rate_limit_error (Retry-After)
+    ├── ServiceUnavailable         503 service_unavailable (Retry-After when known)
+    └── UpstreamError              502 upstream_error
+        ├── UpstreamStatus         the upstream's own status (a 4xx passed through, or a
+        │                          retryable 5xx/429 that ran out of attempts)
+        ├── UpstreamTimeout        504 timeout
+        └── UpstreamConnectError   502 the connection failed or was cut
+
+Each error carries the HTTP status it maps to, so `render` is the only code that turns
+an error into a response body, in the caller's dialect (OpenAI or Anthropic).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+__all__ = [
+    "BadRequest",
+    "EdgeError",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamStatus",
+    "UpstreamTimeout",
+    "render",
+]
+
+
+class EdgeError(Exception):
+    """Base of every error edge answers with; `status` is the HTTP status it maps to."""
+
+    status = 500
+    type = "api_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        seconds = max(1, int(-(-self.retry_after // 1)))  # ceil, at least 1
+        return [(b"retry-after", str(seconds).encode())]
+
+
+class BadRequest(EdgeError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(EdgeError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(EdgeError):
+    status = 404
+    type = "not_found_error"
+
+
+class MethodNotAllowed(EdgeError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(EdgeError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(EdgeError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(EdgeError):
+    status = 503
+    type = "service_unavailable"
+
+
+class UpstreamError(EdgeError):
+    """The upstream could not give a usable answer. `retryable` drives failover."""
+
+    status = 502
+    type = "upstream_error"
+    retryable = True
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered with an error status; its message is passed on."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retryable: bool,
+        upstream_type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, retry_after=retry_after)
+        self.status = status
+        self.retryable = retryable
+        if upstream_type:
+            self.type = upstream_type
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout"
+    default_code = "upstream_timeout"
+
+
+class UpstreamConnectError(UpstreamError):
+    default_code = "upstream_unavailable"
+
+
+# Anthropic names its error types by meaning rather than by our classes.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def render(error: EdgeError, *, anthropic: bool = False) -> tuple[int, bytes]:
+    """Return (status, JSON body) for `error` in the OpenAI or the Anthropic dialect."""
+    if anthropic:
+        body = {
+            "type": "error",
+            "error": {
+                "type": _ANTHROPIC_TYPES.get(error.status, "api_error"),
+                "message": error.message,
+            },
+        }
+    else:
+        body = {
+            "error": {
+                "message": error.message,
+                "type": error.type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    return error.status, orjson.dumps(body)

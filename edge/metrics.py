@@ -1,0 +1,86 @@
+"""Prometheus metrics with the names SPEC §5 fixes, in one registry.
+
+Label values are bounded: provider names and model names come from the config (a
+client's model string is reported only when it resolved to a configured deployment),
+error types from our own error classes. Nothing per request (ids, prompts) is a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# 5 ms .. 120 s: LLM answers range from cached (ms) to long generations (minutes).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+                   60.0, 120.0)
+CACHE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every metric edge exports; `render()` is the /metrics body."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "llm_edge_requests", "Requests answered, by endpoint and status class",
+            ["endpoint", "status"], registry=r)
+        self.duration = Histogram(
+            "llm_edge_request_duration_seconds", "Time from request to last byte",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter(
+            "llm_edge_request_errors", "Requests that ended in an error, by error type",
+            ["type"], registry=r)
+        self.cache_hits = Counter(
+            "llm_edge_cache_hits", "Answers served from the cache, by tier", ["tier"], registry=r)
+        self.cache_misses = Counter("llm_edge_cache_misses", "Cache lookups that missed",
+                                    registry=r)
+        self.cache_latency = Histogram(
+            "llm_edge_cache_latency_seconds", "Time spent looking up the cache, by tier",
+            ["tier"], buckets=CACHE_BUCKETS, registry=r)
+        self.provider_latency = Histogram(
+            "llm_edge_provider_latency_seconds", "Upstream time to response headers",
+            ["provider", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.provider_errors = Counter(
+            "llm_edge_provider_errors", "Failed upstream attempts", ["provider", "type"],
+            registry=r)
+        self.cost = Counter("llm_edge_cost_usd", "USD spent upstream", ["provider", "model"],
+                            registry=r)
+        self.cost_saved = Counter("llm_edge_cost_saved_usd", "USD the cache saved",
+                                  ["provider", "model"], registry=r)
+        self.tokens = Counter("llm_edge_tokens_used", "Tokens used (prompt + completion)",
+                              ["provider", "model"], registry=r)
+        self.tokens_prompt = Counter("llm_edge_tokens_prompt", "Prompt tokens",
+                                     ["provider", "model"], registry=r)
+        self.tokens_completion = Counter("llm_edge_tokens_completion", "Completion tokens",
+                                         ["provider", "model"], registry=r)
+        self.inflight = Gauge("llm_edge_inflight_requests", "Requests being answered",
+                              registry=r, multiprocess_mode="livesum")
+        self.failovers = Counter("llm_edge_failovers", "Attempts moved to another candidate",
+                                 ["provider"], registry=r)
+        self.hedges = Counter("llm_edge_hedges", "Hedged attempts started", ["provider"],
+                              registry=r)
+        self.circuit_open = Gauge("llm_edge_circuit_open", "1 while a provider's circuit is open",
+                                  ["provider"], registry=r, multiprocess_mode="max")
+        self.l2_dropped_writes = Counter("llm_edge_cache_l2_dropped_writes",
+                                         "L2 writes dropped because the queue was full or L2 down",
+                                         registry=r)
+
+    def usage(self, provider: str, model: str, prompt: int, completion: int, cost: float) -> None:
+        if prompt or completion:
+            self.tokens.labels(provider, model).inc(prompt + completion)
+            self.tokens_prompt.labels(provider, model).inc(prompt)
+            self.tokens_completion.labels(provider, model).inc(completion)
+        if cost:
+            self.cost.labels(provider, model).inc(cost)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,213 @@
+"""What every provider adapter shares: the transport boundary and its error translation.
+
+An adapter turns an OpenAI-format request into an `httpx.Request`, sends it through an
+httpx transport (`handle_async_request`, no AsyncClient middleware), and turns the answer
+back into OpenAI format. Every httpx exception is translated here into an `Upstream*`
+error; nothing above this layer catches httpx types.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from ..config import ProviderConfig
+from ..errors import UpstreamConnectError, UpstreamError, UpstreamStatus, UpstreamTimeout
+from ..sse import SSEError, SSEParser
+
+MAX_ERROR_BODY = 64 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+Decoder = Callable[[str | None, bytes], list[dict[str, Any]] | None]
+
+
+class Provider(ABC):
+    """Base adapter. Subclasses set `kind` and implement `complete` and `open_stream`."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        transport: httpx.AsyncBaseTransport,
+        retry_on: frozenset[int],
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.transport = transport
+        self.retry_on = retry_on
+        self._secret = config.api_key or ""
+        t = config.timeout_s
+        self.timeouts = {"connect": min(t, 10.0), "read": t, "write": t, "pool": t}
+
+    @abstractmethod
+    async def complete(
+        self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
+    ) -> dict[str, Any]:
+        """One non-streaming answer in OpenAI format; raises `Upstream*` errors."""
+
+    @abstractmethod
+    async def open_stream(
+        self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
+    ) -> ChunkStream:
+        """Send a streaming request; returns once the upstream accepted it (2xx headers)."""
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    # -- shared plumbing -------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        """Upstreams sometimes echo request headers in errors; never pass our key on."""
+        if self._secret and self._secret in text:
+            text = text.replace(self._secret, "[redacted]")
+        return text
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`."""
+        request.extensions["timeout"] = self.timeouts
+        try:
+            response = await self.transport.handle_async_request(request)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"provider {self.name} timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamConnectError(
+                f"provider {self.name} could not be reached ({type(exc).__name__})"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = await self.read_body(response, MAX_ERROR_BODY)
+            except UpstreamError:
+                body = b""
+            raise self.status_error(response, body)
+        return response
+
+    async def read_body(self, response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes:
+        parts = []
+        size = 0
+        try:
+            async for part in response.stream:  # type: ignore[union-attr]
+                size += len(part)
+                if size > limit:
+                    break
+                parts.append(part)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"provider {self.name} timed out reading the answer") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamConnectError(
+                f"provider {self.name} broke off the answer ({type(exc).__name__})"
+            ) from None
+        finally:
+            await response.aclose()
+        return b"".join(parts)
+
+    async def read_json(self, response: httpx.Response) -> dict[str, Any]:
+        body = await self.read_body(response)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"provider {self.name} answered with invalid JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"provider {self.name} answered with an unexpected JSON value")
+        return data
+
+    def status_error(self, response: httpx.Response, body: bytes) -> UpstreamStatus:
+        status = response.status_code
+        message, err_type, param, code = f"provider {self.name} answered {status}", None, None, None
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            err = data.get("error")
+            if isinstance(err, dict):
+                if isinstance(err.get("message"), str):
+                    message = err["message"]
+                err_type = err.get("type") if isinstance(err.get("type"), str) else None
+                param = err.get("param") if isinstance(err.get("param"), str) else None
+                code = err.get("code") if isinstance(err.get("code"), str) else None
+            elif isinstance(err, str):
+                message = err
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        return UpstreamStatus(
+            status,
+            self.redact(message),
+            retryable=status in self.retry_on,
+            upstream_type=err_type,
+            param=param,
+            code=code,
+            retry_after=retry_after,
+        )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form: rare from LLM APIs; fall back to our own backoff
+    return seconds if seconds >= 0 else None
+
+
+class ChunkStream:
+    """An upstream SSE answer as OpenAI chunk dicts, read as the upstream sends them.
+
+    `decode(event_name, data)` turns one SSE event into chunks (possibly none) or None
+    for the end-of-stream marker. Iteration ends at that marker; an upstream that stops
+    before it raises `UpstreamConnectError`, so a cut stream is never taken for a whole one.
+    """
+
+    def __init__(self, response: httpx.Response, provider: Provider, decode: Decoder) -> None:
+        self.response = response
+        self.provider = provider
+        self._decode = decode
+        self._parser = SSEParser()
+        self._raw = response.stream.__aiter__()  # type: ignore[union-attr]
+        self._pending: list[dict[str, Any]] = []
+        self._finished = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while not self._pending:
+            if self._finished:
+                raise StopAsyncIteration
+            await self._fill()
+        return self._pending.pop(0)
+
+    async def _fill(self) -> None:
+        name = self.provider.name
+        try:
+            data = await self._raw.__anext__()
+        except StopAsyncIteration:
+            await self.aclose()
+            raise UpstreamConnectError(f"provider {name} ended the stream early") from None
+        except httpx.TimeoutException:
+            await self.aclose()
+            raise UpstreamTimeout(f"provider {name} timed out mid-stream") from None
+        except httpx.HTTPError as exc:
+            await self.aclose()
+            raise UpstreamConnectError(
+                f"provider {name} broke off the stream ({type(exc).__name__})"
+            ) from None
+        try:
+            events = self._parser.feed(data)
+            for event, payload in events:
+                chunks = self._decode(event, payload)
+                if chunks is None:
+                    self._finished = True
+                    await self.aclose()
+                    return
+                self._pending.extend(chunks)
+        except (SSEError, orjson.JSONDecodeError):
+            await self.aclose()
+            raise UpstreamError(f"provider {name} sent an invalid event stream") from None
+
+    async def aclose(self) -> None:
+        await self.response.aclose()

@@ -1,0 +1,88 @@
+"""The `openai` kind: OpenAI itself and any server that speaks its API (vLLM, Ollama, ...).
+
+The request body is forwarded as the client sent it (unknown fields included); only the
+model is rewritten when routing chose a different upstream name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from ..config import ProviderConfig
+from ..errors import UpstreamError
+from ..sse import SSEError
+from .base import ChunkStream, Provider
+
+_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+
+
+class OpenAIProvider(Provider):
+    kind = "openai"
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        transport: httpx.AsyncBaseTransport,
+        retry_on: frozenset[int],
+    ) -> None:
+        super().__init__(config, transport, retry_on)
+        self._urls = {ep: httpx.URL(config.base_url + path) for ep, path in _PATHS.items()}
+        headers = [("content-type", "application/json"), ("accept", "application/json")]
+        if config.api_key:
+            headers.append(("authorization", f"Bearer {config.api_key}"))
+        self._headers = headers
+        self._stream_headers = [*headers[:1], ("accept", "text/event-stream"), *headers[2:]]
+
+    def _content(self, body: dict[str, Any], model: str, raw: bytes | None) -> bytes:
+        if raw is not None and body.get("model") == model:
+            return raw
+        return orjson.dumps({**body, "model": model})
+
+    async def complete(
+        self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
+    ) -> dict[str, Any]:
+        request = httpx.Request(
+            "POST", self._urls[endpoint], headers=self._headers, content=self._content(body, model, raw)
+        )
+        response = await self.send(request)
+        return await self.read_json(response)
+
+    async def open_stream(
+        self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
+    ) -> ChunkStream:
+        options = body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            # Ask for usage anyway (cost, token metrics, tpm); the app drops that chunk
+            # again for a client that did not ask for it.
+            body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+            raw = None
+        request = httpx.Request(
+            "POST",
+            self._urls[endpoint],
+            headers=self._stream_headers,
+            content=self._content(body, model, raw),
+        )
+        response = await self.send(request)
+        ctype = response.headers.get("content-type", "")
+        if not ctype.startswith("text/event-stream"):
+            await response.aclose()
+            raise UpstreamError(f"provider {self.name} did not answer with an event stream")
+        return ChunkStream(response, self, _decode_openai_event)
+
+
+def _decode_openai_event(name: str | None, data: bytes) -> list[dict[str, Any]] | None:
+    if data == b"[DONE]":
+        return None
+    if not data:
+        return []
+    chunk = orjson.loads(data)
+    if not isinstance(chunk, dict):
+        raise SSEError("event data is not a JSON object")
+    if "error" in chunk and not chunk.get("choices"):
+        err = chunk["error"]
+        message = err.get("message") if isinstance(err, dict) else str(err)
+        raise UpstreamError(f"upstream stream error: {message}")
+    return [chunk]

@@ -1,0 +1,136 @@
+"""Request validation: one JSON parse, then cheap type checks that name the bad field.
+
+Only what edge itself relies on, plus the common sampling fields whose wrong type an
+upstream would reject anyway, is checked here; every other field passes through
+untouched so new upstream features keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .errors import BadRequest
+
+MAX_DEPTH = 64
+
+# field -> (accepted types, description for the message)
+_NUMBER = ((int, float), "a number")
+_INT = ((int,), "an integer")
+_OPTIONAL_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "max_tokens": _INT,
+    "max_completion_tokens": _INT,
+    "n": _INT,
+    "seed": _INT,
+    "stream": ((bool,), "a boolean"),
+    "tools": ((list,), "an array"),
+    "stop": ((str, list), "a string or an array of strings"),
+    "response_format": ((dict,), "an object"),
+    "stream_options": ((dict,), "an object"),
+    "user": ((str,), "a string"),
+}
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """Parse the body; anything but a JSON object is a 400 that says why."""
+    if not raw:
+        raise BadRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    if _too_deep(body, MAX_DEPTH):
+        raise BadRequest(f"The request body is nested deeper than {MAX_DEPTH} levels.")
+    return body
+
+
+def _too_deep(value: Any, budget: int) -> bool:
+    if budget == 0:
+        return True
+    if isinstance(value, dict):
+        return any(_too_deep(v, budget - 1) for v in value.values() if isinstance(v, dict | list))
+    if isinstance(value, list):
+        return any(_too_deep(v, budget - 1) for v in value if isinstance(v, dict | list))
+    return False
+
+
+def _require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string.", param="model")
+    return model
+
+
+def _check_optional(body: dict[str, Any]) -> None:
+    for field, (types, what) in _OPTIONAL_FIELDS.items():
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise BadRequest(f"'{field}' must be {what}.", param=field)
+    n = body.get("n")
+    if isinstance(n, int) and n < 1:
+        raise BadRequest("'n' must be at least 1.", param="n")
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and value < 1:
+            raise BadRequest(f"'{field}' must be at least 1.", param=field)
+
+
+def validate_chat(body: dict[str, Any]) -> str:
+    """Check a Chat Completions request; returns the requested model."""
+    model = _require_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty array.",
+                         param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        if not isinstance(message.get("role"), str):
+            raise BadRequest(f"'messages[{i}].role' is required and must be a string.",
+                             param=f"messages[{i}].role")
+    _check_optional(body)
+    return model
+
+
+def validate_embeddings(body: dict[str, Any]) -> str:
+    """Check an embeddings request; returns the requested model."""
+    model = _require_model(body)
+    data = body.get("input")
+    if isinstance(data, str):
+        valid = True
+    elif isinstance(data, list) and data:
+        valid = all(isinstance(x, str | int | list) and not isinstance(x, bool) for x in data)
+    else:
+        valid = False
+    if not valid:
+        raise BadRequest(
+            "'input' is required: a string, an array of strings or an array of token arrays.",
+            param="input",
+        )
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise BadRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    return model
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """Rough prompt size in characters, for cost estimates before a request runs."""
+    total = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += len(part["text"])
+    return total

@@ -1,0 +1,75 @@
+"""The long-lived service: providers, router, metrics and the nursery for background work.
+
+`open_edge(config)` is entered once per worker, in the ASGI lifespan; everything that must
+outlive a single request (connection pools, the L2 writer, health probes) lives here and
+is closed when it exits. Requests never spawn tasks into this nursery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import trio
+
+from .config import Config
+from .logs import log
+from .metrics import Metrics
+from .pricing import PriceTable
+from .providers import Provider, make_provider
+from .routing import Router
+
+
+def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
+class Edge:
+    """Everything a request needs that outlives it."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.prices = PriceTable(config.models)
+        retry_on = frozenset(config.routing.retry_on)
+        self.providers: dict[str, Provider] = {
+            p.name: make_provider(p, make_transport(p.max_connections), retry_on)
+            for p in config.providers
+        }
+        self.router = Router(config, self.providers, self.prices)
+        self.ready = False
+        self.draining = False
+        self.started_at = time.time()
+        self.nursery: trio.Nursery | None = None
+        log.add_secrets(p.api_key for p in config.providers)
+        log.add_secrets(k.secret for k in config.auth.keys)
+
+    def provider_healthy(self, name: str) -> bool:
+        return name in self.providers
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for provider in self.providers.values():
+                await provider.aclose()
+
+
+@asynccontextmanager
+async def open_edge(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Edge]:
+    """Run the service for the duration of the block; background tasks stop on exit."""
+    edge = Edge(config, metrics)
+    try:
+        async with trio.open_nursery() as nursery:
+            edge.nursery = nursery
+            edge.ready = True
+            try:
+                yield edge
+            finally:
+                edge.ready = False
+                nursery.cancel_scope.cancel()
+    finally:
+        await edge.aclose()

@@ -1,0 +1,331 @@
+"""The official openai SDK against a real `edge serve` in front of `edge mock-upstream`."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+import httpx
+import openai
+import pytest
+
+from _servers import EdgeProcess, MockUpstream, wait_until
+
+PROVIDER_KEY = "sk-test-provider-secret-1234567890"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("stack")
+    mock = MockUpstream(tmp)
+    config = f"""
+[server]
+max_request_bytes = 65536
+
+[routing]
+max_attempts = 2
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "{mock.url}/v1"
+api_key = "env:MOCK_KEY"
+models = ["gpt-*", "text-embedding-*"]
+timeout_s = 2
+
+[models."gpt-4o"]
+input_per_mtok = 2.0
+output_per_mtok = 8.0
+"""
+    edge = EdgeProcess(tmp, config=config, env={"MOCK_KEY": PROVIDER_KEY})
+    yield edge, mock
+    edge.stop()
+    mock.stop()
+
+
+@pytest.fixture
+def client(stack) -> openai.OpenAI:
+    edge, _ = stack
+    return openai.OpenAI(base_url=f"{edge.url}/v1", api_key="client-key", max_retries=0)
+
+
+def test_chat_non_stream(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hello edge"}])
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Mock reply to: hello edge"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.total_tokens > 0
+    meta = raw.http_response.json()["metadata"]
+    assert meta["provider"] == "mock" and meta["cached"] is False and meta["cache_tier"] is None
+    expected = (completion.usage.prompt_tokens * 2.0 + completion.usage.completion_tokens * 8.0) / 1e6
+    assert meta["cost_usd"] == pytest.approx(expected)
+    assert raw.headers["x-edge-provider"] == "mock"
+    assert float(raw.headers["x-edge-cost-usd"]) == pytest.approx(expected)
+    assert float(raw.headers["x-edge-latency-ms"]) > 0
+    assert len(raw.headers["x-request-id"]) >= 8
+
+
+def test_chat_stream(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", stream=True,
+        messages=[{"role": "user", "content": "stream me please"}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Mock reply to: stream me please"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # edge asked upstream for usage, but this client did not: no usage-only chunk
+    assert all(c.choices for c in chunks)
+
+
+def test_chat_stream_include_usage(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "count my tokens"}]))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_stream_relayed_raw_ends_with_done(stack) -> None:
+    edge, _ = stack
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-edge-provider"] == "mock"
+        text = response.read().decode()
+    assert text.rstrip().endswith("data: [DONE]")
+
+
+def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(result.data) == 2 and len(result.data[0].embedding) > 0
+    # the SDK asks for base64 by default and decodes it; ask for floats explicitly too
+    floats = client.embeddings.create(model="text-embedding-3-small", input="a",
+                                      encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(result.data[0].embedding)
+
+
+def test_embeddings_base64_raw(stack) -> None:
+    edge, _ = stack
+    r = httpx.post(f"{edge.url}/v1/embeddings",
+                   json={"model": "text-embedding-3-small", "input": "a",
+                         "encoding_format": "base64"})
+    assert r.status_code == 200
+    vector = base64.b64decode(r.json()["data"][0]["embedding"])
+    assert len(vector) % 4 == 0 and struct.unpack(f"{len(vector)//4}f", vector)
+
+
+def test_unknown_fields_pass_through(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "extra"}],
+        extra_body={"some_vendor_field": {"x": 1}})
+    assert completion.choices[0].message.content == "Mock reply to: extra"
+
+
+def test_request_id_echoed(stack) -> None:
+    edge, _ = stack
+    r = httpx.post(f"{edge.url}/v1/chat/completions", headers={"x-request-id": "req-abc-123"},
+                   json={"model": "gpt-4o", "messages": [{"role": "user", "content": "id"}]})
+    assert r.headers["x-request-id"] == "req-abc-123"
+    r = httpx.post(f"{edge.url}/v1/chat/completions", headers={"x-request-id": "req-err-1"},
+                   content=b"{not json")
+    assert r.status_code == 400 and r.headers["x-request-id"] == "req-err-1"
+
+
+def _error(r: httpx.Response) -> dict:
+    body = r.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b"", 400, None),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+        (b'{"model": "gpt-4o"}', 400, "messages"),
+        (b'{"model": "gpt-4o", "messages": [{"content": "x"}]}', 400, "messages[0].role"),
+        (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], '
+         b'"temperature": "hot"}', 400, "temperature"),
+        (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+         400, "stream"),
+        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404,
+         "model"),
+        (b"\xff\xfe not utf8", 400, None),
+    ],
+)
+def test_bad_requests(stack, content: bytes, status: int, param: str | None) -> None:
+    edge, _ = stack
+    r = httpx.post(f"{edge.url}/v1/chat/completions", content=content,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == status
+    err = _error(r)
+    assert err["param"] == param
+    if param:
+        assert param.split("[")[0] in err["message"]
+
+
+def test_deep_nesting_rejected(stack) -> None:
+    edge, _ = stack
+    deep = b"[" * 200 + b"]" * 200
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "x": ' + deep + b"}"
+    r = httpx.post(f"{edge.url}/v1/chat/completions", content=body)
+    assert r.status_code == 400 and "nested" in _error(r)["message"]
+
+
+def test_unknown_path_and_method(stack) -> None:
+    edge, _ = stack
+    r = httpx.get(f"{edge.url}/v1/nothing-here")
+    assert r.status_code == 404 and _error(r)["type"] == "not_found_error"
+    r = httpx.get(f"{edge.url}/v1/chat/completions")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert _error(r)["code"] == "method_not_allowed"
+    r = httpx.delete(f"{edge.url}/v1/embeddings")
+    assert r.status_code == 405
+
+
+def test_oversized_body_refused_and_server_keeps_serving(stack, client: openai.OpenAI) -> None:
+    edge, _ = stack
+    big = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + b"x" * 100_000 + b'"}]}'
+    r = httpx.post(f"{edge.url}/v1/chat/completions", content=big)
+    assert r.status_code == 413 and _error(r)["code"] == "request_too_large"
+
+    # A chunked body (no Content-Length) is cut off as soon as it passes the limit.
+    def chunks():
+        for _ in range(100):
+            yield b"x" * 4096
+
+    r = httpx.post(f"{edge.url}/v1/chat/completions", content=chunks())
+    assert r.status_code == 413
+    assert client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "still here"}]
+    ).choices[0].message.content == "Mock reply to: still here"
+
+
+def test_upstream_4xx_passed_through(client: openai.OpenAI, stack) -> None:
+    _, mock = stack
+    before = mock.stats()["requests"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "!mock status=400"}])
+    assert info.value.status_code == 400
+    assert mock.stats()["requests"] == before + 1  # a 400 is not retried
+    assert PROVIDER_KEY not in str(info.value.body)
+
+
+def test_upstream_500_retried_then_502(client: openai.OpenAI, stack) -> None:
+    _, mock = stack
+    before = mock.stats()["requests"]
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "!mock status=500"}])
+    assert info.value.status_code == 502
+    assert info.value.body["type"] == "upstream_error"  # type: ignore[index]
+    assert mock.stats()["requests"] == before + 2  # max_attempts = 2
+
+
+def test_upstream_timeout_is_504(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "!mock delay_ms=5000"}])
+    assert info.value.status_code == 504
+
+
+def test_upstream_invalid_json_is_502(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "!mock invalid=1"}])
+    assert info.value.status_code == 502
+
+
+def test_stream_cut_midway_ends_with_error_not_done(stack) -> None:
+    edge, _ = stack
+    body = {"model": "gpt-4o", "stream": True,
+            "messages": [{"role": "user", "content": "!mock cut_after=2 words=10"}]}
+    with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json=body) as response:
+        text = response.read().decode()
+    assert response.status_code == 200
+    assert "[DONE]" not in text and '"error"' in text
+
+
+def test_stream_closed_before_first_chunk_fails_over(stack) -> None:
+    edge, mock = stack
+    before = mock.stats()["requests"]
+    body = {"model": "gpt-4o", "stream": True,
+            "messages": [{"role": "user", "content": "!mock close=1"}]}
+    r = httpx.post(f"{edge.url}/v1/chat/completions", json=body)
+    assert r.status_code == 502 and _error(r)["type"] == "upstream_error"
+    assert mock.stats()["requests"] == before + 2  # retried: nothing had reached the client
+
+
+def test_client_disconnect_closes_upstream(stack) -> None:
+    edge, mock = stack
+    before = mock.stats()["disconnects"]
+    body = {"model": "gpt-4o", "stream": True,
+            "messages": [{"role": "user", "content": "!mock words=2000 chunk_delay_ms=5"}]}
+    with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json=body) as response:
+        for _ in response.iter_lines():
+            break  # read one line, then hang up
+    wait_until(lambda: mock.stats()["disconnects"] > before, what="upstream disconnect")
+
+
+def test_health_endpoints(stack) -> None:
+    edge, _ = stack
+    health = httpx.get(f"{edge.url}/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "healthy" and body["version"]
+    assert body["cache"] == {"l1_healthy": True, "l2_healthy": False, "l2_configured": False}
+    assert body["providers"] == {"mock": {"configured": True, "healthy": True}}
+    assert httpx.get(f"{edge.url}/health/live").status_code == 200
+    assert httpx.get(f"{edge.url}/health/ready").status_code == 200
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    # [models.*] names and price-table models the provider's globs cover; no glob patterns
+    assert {"gpt-4o", "gpt-4o-mini", "gpt-4", "text-embedding-3-small"} <= ids
+    assert not any("*" in i for i in ids)
+    assert "claude-3-haiku-20240307" not in ids
+
+
+def test_metrics_on_both_listeners(stack, client: openai.OpenAI) -> None:
+    edge, _ = stack
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "m"}])
+    for url in (f"{edge.url}/metrics", f"{edge.metrics_url}/metrics"):
+        text = httpx.get(url).text
+        assert 'llm_edge_requests_total{endpoint="chat",status="2xx"}' in text
+        assert "llm_edge_cost_usd_total" in text
+        assert PROVIDER_KEY not in text
+
+
+def test_provider_key_never_logged(stack) -> None:
+    edge, _ = stack
+    assert PROVIDER_KEY not in edge.output()
+
+
+def test_async_client_concurrent(stack) -> None:
+    """The async SDK (httpx on Trio via anyio) with concurrent requests."""
+    import trio
+
+    edge, _ = stack
+
+    async def main() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"{edge.url}/v1", api_key="k", max_retries=0)
+        out: list[str] = []
+
+        async def one(i: int) -> None:
+            c = await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": f"n{i}"}])
+            out.append(c.choices[0].message.content or "")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+        await client.close()
+        return out
+
+    results = trio.run(main)
+    assert sorted(results) == sorted(f"Mock reply to: n{i}" for i in range(20))
