@@ -23,7 +23,10 @@ import trio
 from . import schema
 from ._version import __version__
 from .config import Config
+from .cache import Cache, Entry, Flight
+from .chat_stream import ChatAssembler, replay_chunks
 from .errors import (
+    BadRequest,
     EdgeError,
     MethodNotAllowed,
     NotFound,
@@ -84,6 +87,43 @@ class Request:
         return (time.perf_counter() - self.start) * 1000.0
 
 
+class CachePolicy:
+    """What one request may do with the cache, and the x-edge-cache value of a miss."""
+
+    __slots__ = ("header", "lookup", "store", "ttl")
+
+    def __init__(self, header: bytes, *, lookup: bool, store: bool, ttl: int | None) -> None:
+        self.header = header
+        self.lookup = lookup
+        self.store = store
+        self.ttl = ttl
+
+
+_NORMAL = CachePolicy(b"miss", lookup=True, store=True, ttl=None)
+_BYPASS = CachePolicy(b"bypass", lookup=False, store=False, ttl=None)
+
+
+class Call:
+    """One validated completion request on its way through cache and upstream."""
+
+    __slots__ = ("req", "edge", "endpoint", "body", "raw", "candidates", "policy", "stream",
+                 "wants_usage")
+
+    def __init__(self, req: Request, edge: Edge, endpoint: str, body: dict[str, Any],
+                 raw: bytes, candidates: tuple[Deployment, ...], policy: CachePolicy,
+                 stream: bool) -> None:
+        self.req = req
+        self.edge = edge
+        self.endpoint = endpoint
+        self.body = body
+        self.raw = raw
+        self.candidates = candidates
+        self.policy = policy
+        self.stream = stream
+        options = body.get("stream_options")
+        self.wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+
 class EdgeApp:
     """The ASGI application. `edge` is None until the lifespan has opened the service."""
 
@@ -92,7 +132,6 @@ class EdgeApp:
         self.metrics = metrics if metrics is not None else Metrics()
         self.edge: Edge | None = None
         self.max_body = config.server.max_request_bytes
-        self.cache_header = b"bypass"  # until [2/8]'s cache is wired in
         self._keys = {bytes.fromhex(k.sha256): k for k in config.auth.keys}
         self._anonymous_ok = not self._keys or config.auth.allow_anonymous
         self._routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[None]]]] = {
@@ -253,22 +292,30 @@ class EdgeApp:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def until_disconnect(self, req: Request, scope: trio.CancelScope) -> None:
-        """Cancel `scope` when the client goes away (Hypercorn never cancels the app)."""
+    async def until_disconnect(self, req: Request, scope: trio.CancelScope,
+                               flight: Flight | None = None) -> None:
+        """Cancel `scope` when the client goes away (Hypercorn never cancels the app).
+
+        A coalescing leader whose followers still wait keeps its upstream call going until
+        none is left waiting, so their answer is not thrown away.
+        """
         while True:
             message = await req.receive()
             if message["type"] == "http.disconnect":
+                if flight is not None:
+                    await flight.wait_idle()
                 scope.cancel()
                 return
 
-    async def run_watched(self, req: Request, work: Callable[[], Awaitable[T]]) -> T:
+    async def run_watched(self, req: Request, work: Callable[[], Awaitable[T]],
+                          flight: Flight | None = None) -> T:
         """Run `work`, cancelling it at once if the client disconnects (then ClientGone).
 
         Errors from `work` are re-raised as themselves, not wrapped in an ExceptionGroup.
         """
         box: list[tuple[bool, Any]] = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.until_disconnect, req, nursery.cancel_scope)
+            nursery.start_soon(self.until_disconnect, req, nursery.cancel_scope, flight)
             try:
                 box.append((True, await work()))
             except Exception as exc:
@@ -302,24 +349,133 @@ class EdgeApp:
         if not candidates:
             raise NotFound(f"No configured provider serves the model '{model}'.", param="model",
                            code="model_not_found")
+        policy = self.cache_policy(req, edge.cache)
+        stream = endpoint == "chat" and body.get("stream") is True
+        call = Call(req, edge, endpoint, body, raw, candidates, policy, stream)
         metrics = self.metrics
         metrics.inflight.inc()
         try:
-            if endpoint == "chat" and body.get("stream") is True:
-                await self._relay_stream(req, edge, body, raw, candidates)
-            else:
-                await self._answer_json(req, edge, endpoint, body, raw, candidates)
+            await self._serve(call)
         finally:
             metrics.inflight.dec()
             metrics.duration.labels(req.endpoint).observe(time.perf_counter() - req.start)
+
+    def cache_policy(self, req: Request, cache: Cache) -> CachePolicy:
+        """What this request may do with the cache, from config and its own headers."""
+        if not cache.enabled:
+            return _BYPASS
+        ttl = None
+        raw_ttl = req.headers.get(b"x-edge-cache-ttl")
+        if raw_ttl is not None:
+            try:
+                ttl = int(raw_ttl)
+            except ValueError:
+                ttl = 0
+            if not 0 < ttl <= 31_536_000:
+                raise BadRequest("Header 'x-edge-cache-ttl' must be a whole number of seconds "
+                                 "between 1 and 31536000.", param="x-edge-cache-ttl")
+        control = req.headers.get(b"cache-control")
+        if control is not None:
+            directives = {d.strip().lower() for d in control.split(b",")}
+            if b"no-store" in directives:
+                return _BYPASS
+            if b"no-cache" in directives:
+                return CachePolicy(b"refresh", lookup=False, store=True, ttl=ttl)
+        if ttl is None:
+            return _NORMAL
+        return CachePolicy(b"miss", lookup=True, store=True, ttl=ttl)
+
+    async def _serve(self, call: Call) -> None:
+        """Cache lookup, coalescing, then the upstream: the whole life of a completion."""
+        cache = call.edge.cache
+        policy = call.policy
+        key = cache.key(call.endpoint, call.body, call.req.tenant) if policy.store else ""
+        flight: Flight | None = None
+        if policy.lookup:
+            while True:
+                hit = await cache.lookup(key)
+                if hit is not None:
+                    await self._send_hit(call, *hit)
+                    return
+                leader, flight = cache.lead_or_follow(key)
+                if leader:
+                    break
+                entry = await self._follow(call.req, flight)
+                flight = None
+                if entry is not None:
+                    await self._send_hit(call, entry, "l1")
+                    return
+                # the leader was abandoned: look again, and lead if nobody else does
+        try:
+            if call.stream:
+                entry = await self.run_watched(call.req, lambda: self._relay_stream(call), flight)
+            else:
+                entry = await self.run_watched(call.req, lambda: self._answer_json(call), flight)
+            if entry is not None and policy.store:
+                cache.store(key, entry, policy.ttl)
+            if flight is not None:
+                cache.finish(key, flight, entry=entry)
+        except EdgeError as error:
+            if flight is not None:
+                cache.finish(key, flight, error=error)
+            raise
+        finally:
+            if flight is not None and not flight.done.is_set():
+                cache.finish(key, flight)  # abandoned: followers look again on their own
+
+    async def _follow(self, req: Request, flight: Flight) -> Entry | None:
+        """Wait for the leader's answer (or its error); None if it was abandoned."""
+        flight.join()
+        try:
+            await self.run_watched(req, flight.done.wait)
+        finally:
+            flight.leave()
+        if flight.error is not None:
+            raise flight.error
+        return flight.entry
+
+    async def _send_hit(self, call: Call, entry: Entry, tier: str) -> None:
+        req = call.req
+        self.metrics.cost_saved.labels(entry.provider, entry.model).inc(entry.cost_usd)
+        self.metrics.requests.labels(req.endpoint, "2xx").inc()
+        latency = round(req.elapsed_ms(), 3)
+        cache_header = b"hit-l1" if tier == "l1" else b"hit-l2"
+        if call.stream:
+            headers = [*_SSE_HEADERS, (b"x-request-id", req.request_id),
+                       (b"x-edge-cache", cache_header),
+                       (b"x-edge-provider", entry.provider.encode()),
+                       (b"x-edge-latency-ms", f"{latency:.3f}".encode())]
+            chunks = replay_chunks(entry.answer(), call.wants_usage)
+            payload = b"".join(frame(c) for c in chunks) + DONE
+            req.status = 200
+            await req.send({"type": "http.response.start", "status": 200, "headers": headers})
+            await req.send({"type": "http.response.body", "body": payload})
+            return
+        meta = orjson.dumps({"provider": entry.provider, "cached": True, "cache_tier": tier,
+                             "latency_ms": latency, "cost_usd": 0.0})
+        body = entry.body[:-1] + b',"metadata":' + meta + b"}"
+        await self.send_json(req, 200, body, [
+            (b"x-edge-cache", cache_header),
+            (b"x-edge-provider", entry.provider.encode()),
+            (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
+            (b"x-edge-cost-usd", b"0"),
+        ])
 
     def _on_failure(self, deployment: Deployment, error: UpstreamError) -> None:
         self.metrics.provider_errors.labels(deployment.provider.name, error.type).inc()
         if error.retryable:
             self.metrics.failovers.labels(deployment.provider.name).inc()
 
-    async def _answer_json(self, req: Request, edge: Edge, endpoint: str, body: dict[str, Any],
-                           raw: bytes, candidates: tuple[Deployment, ...]) -> None:
+    def _account(self, call: Call, dep: Deployment, usage: Any) -> float:
+        """Tokens and cost of one upstream answer, into the metrics; returns the cost."""
+        prompt, completion = usage_tokens(usage)
+        cost = call.edge.prices.cost(dep.model, prompt, completion)
+        self.metrics.usage(dep.provider.name, dep.model, prompt, completion, cost)
+        return cost
+
+    async def _answer_json(self, call: Call) -> Entry:
+        endpoint, body, raw = call.endpoint, call.body, call.raw
+
         async def attempt(dep: Deployment) -> dict[str, Any]:
             began = time.perf_counter()
             answer = await dep.provider.complete(endpoint, body, dep.model, raw)
@@ -327,28 +483,27 @@ class EdgeApp:
                 time.perf_counter() - began)
             return answer
 
-        answer, dep = await self.run_watched(
-            req, lambda: run_attempts(candidates, attempt, edge.config.routing, self._on_failure)
-        )
-        prompt, completion = usage_tokens(answer.get("usage"))
-        cost = edge.prices.cost(dep.model, prompt, completion)
-        self.metrics.usage(dep.provider.name, dep.model, prompt, completion, cost)
+        answer, dep = await run_attempts(call.candidates, attempt, call.edge.config.routing,
+                                         self._on_failure)
+        answer.pop("metadata", None)  # an upstream's own field would collide with ours
+        cost = self._account(call, dep, answer.get("usage"))
+        entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
+        req = call.req
         latency = round(req.elapsed_ms(), 3)
-        answer["metadata"] = {"provider": dep.provider.name, "cached": False, "cache_tier": None,
-                              "latency_ms": latency, "cost_usd": cost}
-        headers = [
-            (b"x-edge-cache", self.cache_header),
+        meta = orjson.dumps({"provider": dep.provider.name, "cached": False, "cache_tier": None,
+                             "latency_ms": latency, "cost_usd": cost})
+        self.metrics.requests.labels(req.endpoint, "2xx").inc()
+        await self.send_json(req, 200, entry.body[:-1] + b',"metadata":' + meta + b"}", [
+            (b"x-edge-cache", call.policy.header),
             (b"x-edge-provider", dep.provider.name.encode()),
             (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
             (b"x-edge-cost-usd", f"{cost:.8f}".encode()),
-        ]
-        self.metrics.requests.labels(req.endpoint, "2xx").inc()
-        await self.send_json(req, 200, orjson.dumps(answer), headers)
+        ])
+        return entry
 
-    async def _relay_stream(self, req: Request, edge: Edge, body: dict[str, Any], raw: bytes,
-                            candidates: tuple[Deployment, ...]) -> None:
-        options = body.get("stream_options")
-        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    async def _relay_stream(self, call: Call) -> Entry | None:
+        """Relay the upstream's chunks as they come; the assembled answer if it completed."""
+        body, raw = call.body, call.raw
 
         async def attempt(dep: Deployment) -> tuple[ChunkStream, dict[str, Any]]:
             began = time.perf_counter()
@@ -365,34 +520,37 @@ class EdgeApp:
                 time.perf_counter() - began)
             return stream, first
 
-        async def relay() -> None:
-            (stream, first), dep = await run_attempts(candidates, attempt, edge.config.routing,
-                                                      self._on_failure)
-            try:
-                await self._pump(req, edge, dep, stream, first, wants_usage)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
+        (stream, first), dep = await run_attempts(call.candidates, attempt,
+                                                  call.edge.config.routing, self._on_failure)
+        try:
+            return await self._pump(call, dep, stream, first)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
-        await self.run_watched(req, relay)
-
-    async def _pump(self, req: Request, edge: Edge, dep: Deployment, stream: ChunkStream,
-                    first: dict[str, Any], wants_usage: bool) -> None:
+    async def _pump(self, call: Call, dep: Deployment, stream: ChunkStream,
+                    first: dict[str, Any]) -> Entry | None:
+        req = call.req
         send = req.send
+        wants_usage = call.wants_usage
         latency = round(req.elapsed_ms(), 3)
         headers = [
             *_SSE_HEADERS,
             (b"x-request-id", req.request_id),
-            (b"x-edge-cache", self.cache_header),
+            (b"x-edge-cache", call.policy.header),
             (b"x-edge-provider", dep.provider.name.encode()),
             (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
         ]
+        req.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        assembler = ChatAssembler() if call.policy.store else None
         usage = None
         chunk: dict[str, Any] | None = first
         try:
             while chunk is not None:
-                if "usage" in chunk and chunk["usage"] is not None:
+                if assembler is not None:
+                    assembler.feed(chunk)
+                if chunk.get("usage") is not None:
                     usage = chunk["usage"]
                     if not wants_usage:
                         if not chunk.get("choices"):
@@ -408,12 +566,13 @@ class EdgeApp:
             _, err_body = render(error)
             await send({"type": "http.response.body", "body": b"data: " + err_body + b"\n\n",
                         "more_body": False})
-            return
+            return None
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
-        prompt, completion = usage_tokens(usage)
-        cost = edge.prices.cost(dep.model, prompt, completion)
-        self.metrics.usage(dep.provider.name, dep.model, prompt, completion, cost)
+        cost = self._account(call, dep, usage)
         self.metrics.requests.labels(req.endpoint, "2xx").inc()
+        if assembler is None or not assembler.finished:
+            return None
+        return Entry(orjson.dumps(assembler.result()), dep.provider.name, dep.model, cost)
 
     async def models(self, req: Request) -> None:
         edge = self.service()
@@ -437,8 +596,9 @@ class EdgeApp:
             "status": status,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "version": __version__,
-            "cache": {"l1_healthy": self.config.cache.enabled, "l2_healthy": False,
-                      "l2_configured": False},
+            "cache": {"l1_healthy": True,
+                      "l2_healthy": edge is not None and edge.cache.l2_healthy,
+                      "l2_configured": edge is not None and edge.cache.l2_configured},
             "providers": providers,
         }
         await self.send_json(req, 200 if status == "healthy" else 503, orjson.dumps(body))

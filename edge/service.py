@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
+from .cache import Cache
 from .config import Config
 from .logs import log
 from .metrics import Metrics
@@ -42,6 +43,7 @@ class Edge:
             for p in config.providers
         }
         self.router = Router(config, self.providers, self.prices)
+        self.cache = Cache(config.cache, self.metrics)
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -56,6 +58,7 @@ class Edge:
         with trio.CancelScope(shield=True):
             for provider in self.providers.values():
                 await provider.aclose()
+            await self.cache.aclose()
 
 
 @asynccontextmanager
@@ -65,6 +68,7 @@ async def open_edge(config: Config, metrics: Metrics | None = None) -> AsyncIter
     try:
         async with trio.open_nursery() as nursery:
             edge.nursery = nursery
+            await nursery.start(edge.cache.run)
             edge.ready = True
             try:
                 yield edge

@@ -1,0 +1,202 @@
+"""The two cache tiers and the in-flight table (SPEC §4 "Caching").
+
+Theory of operation
+-------------------
+An entry is a complete, successful answer in OpenAI format, serialised once (`Entry.body`,
+without edge's `metadata`), plus who produced it and what it cost. L1 is the compiled LRU
+in this process; L2 is Redis, written in the background (`RedisTier.put_nowait`) and read
+with a short timeout. An L2 hit fills L1.
+
+Coalescing: the first request for a key that misses becomes the *leader* of a `Flight`;
+identical requests arriving while it runs become *followers* and wait on the flight.
+When the leader finishes it stores the answer and wakes them; they are served as hits.
+If the leader fails, the followers get the same error: the leader already walked every
+candidate with the configured attempts, so repeating that would only multiply the load
+on a failing upstream. If the leader is abandoned (its client left and nobody was waiting
+at that moment), a late follower wakes with no answer and no error and tries on its own,
+usually becoming the next leader. A follower never waits on a flight that can't end: the
+leader always finishes its flight in a `finally`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import trio
+
+from .config import CacheConfig
+from .errors import EdgeError
+from .fastpath import LRUCache, cache_key
+from .l2 import RedisTier
+from .logs import log
+from .metrics import Metrics
+
+FORMAT = b"E1"  # L2 value format version; a value with another prefix is ignored
+_ENTRY_OVERHEAD = 256  # bytes of bookkeeping per L1 entry, counted against l1_max_bytes
+SWEEP_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored answer. `body` is the answer's JSON object without edge's metadata."""
+
+    body: bytes
+    provider: str
+    model: str
+    cost_usd: float
+
+    def answer(self) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads(self.body)
+        return value
+
+    def encode(self) -> bytes:
+        head = orjson.dumps({"p": self.provider, "m": self.model, "c": self.cost_usd})
+        return FORMAT + head + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry | None:
+        if not raw.startswith(FORMAT):
+            return None
+        head, sep, body = raw[len(FORMAT):].partition(b"\n")
+        if not sep or not body.startswith(b"{"):
+            return None
+        try:
+            meta = orjson.loads(head)
+            return cls(body, str(meta["p"]), str(meta["m"]), float(meta["c"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+
+class Flight:
+    """One upstream call that identical requests share."""
+
+    __slots__ = ("done", "entry", "error", "waiters", "_idle")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.entry: Entry | None = None
+        self.error: EdgeError | None = None
+        self.waiters = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def join(self) -> None:
+        if self.waiters == 0:
+            self._idle = trio.Event()
+        self.waiters += 1
+
+    def leave(self) -> None:
+        self.waiters -= 1
+        if self.waiters == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Returns once no follower is waiting (at once if none is)."""
+        await self._idle.wait()
+
+
+class Cache:
+    """L1 + optional L2 + the in-flight table, for one worker process."""
+
+    def __init__(self, config: CacheConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.enabled = config.enabled
+        self.ttl_s = config.ttl_s
+        self.global_scope = config.scope == "global"
+        self.metrics = metrics
+        self.l1 = LRUCache(config.l1_max_entries, config.l1_max_bytes)
+        self.l2: RedisTier | None = None
+        if config.enabled and config.l2_enabled:
+            self.l2 = RedisTier(config.redis_url, cluster=config.redis_cluster,
+                                key_prefix=config.key_prefix, on_error=self._l2_down)
+        self.flights: dict[str, Flight] = {}
+        self._hit_l1 = metrics.cache_hits.labels("l1")
+        self._hit_l2 = metrics.cache_hits.labels("l2")
+        self._lat_l1 = metrics.cache_latency.labels("l1")
+        self._lat_l2 = metrics.cache_latency.labels("l2")
+
+    @staticmethod
+    def _l2_down(reason: str) -> None:
+        log.warning("L2 cache unavailable; serving from L1 and upstream", reason=reason)
+
+    @property
+    def l2_configured(self) -> bool:
+        return self.l2 is not None
+
+    @property
+    def l2_healthy(self) -> bool:
+        return self.l2 is not None and self.l2.healthy
+
+    def key(self, endpoint: str, body: dict[str, Any], tenant: str) -> str:
+        scope = endpoint if self.global_scope else f"{endpoint}|{tenant}"
+        return cache_key(body, scope)
+
+    async def lookup(self, key: str) -> tuple[Entry, str] | None:
+        """The live entry for `key` and the tier it came from, or None (a counted miss)."""
+        began = time.perf_counter()
+        now = time.monotonic()
+        entry = self.l1.get(key, now)
+        if entry is not None:
+            self._lat_l1.observe(time.perf_counter() - began)
+            self._hit_l1.inc()
+            return entry, "l1"  # type: ignore[return-value]
+        if self.l2 is not None and self.l2.healthy:
+            raw = await self.l2.get(key)
+            self._lat_l2.observe(time.perf_counter() - began)
+            if raw is not None:
+                found = Entry.decode(raw)
+                if found is not None:
+                    self._hit_l2.inc()
+                    # The remaining TTL is Redis's to know; L1 keeps it for at most ttl_s.
+                    self.l1.put(key, found, len(found.body) + _ENTRY_OVERHEAD, now + self.ttl_s)
+                    return found, "l2"
+        self.metrics.cache_misses.inc()
+        return None
+
+    def store(self, key: str, entry: Entry, ttl_s: int | None) -> None:
+        ttl = ttl_s if ttl_s is not None else self.ttl_s
+        self.l1.put(key, entry, len(entry.body) + _ENTRY_OVERHEAD, time.monotonic() + ttl)
+        if self.l2 is not None and not self.l2.put_nowait(key, entry.encode(), ttl):
+            self.metrics.l2_dropped_writes.inc()
+
+    # -- coalescing ------------------------------------------------------------------
+
+    def lead_or_follow(self, key: str) -> tuple[bool, Flight]:
+        """(True, new flight) for the leader; (False, the running flight) for a follower."""
+        flight = self.flights.get(key)
+        if flight is not None:
+            return False, flight
+        flight = Flight()
+        self.flights[key] = flight
+        return True, flight
+
+    def finish(self, key: str, flight: Flight, entry: Entry | None = None,
+               error: EdgeError | None = None) -> None:
+        """End the flight (always, in a `finally`): wake its followers with the outcome."""
+        flight.entry = entry
+        flight.error = error
+        if self.flights.get(key) is flight:
+            del self.flights[key]
+        flight.done.set()
+
+    # -- background work -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs in the service nursery: the L2 writer/probe and the L1 expiry sweep."""
+        async with trio.open_nursery() as nursery:
+            if self.l2 is not None:
+                await nursery.start(self.l2.run)
+            nursery.start_soon(self._sweep)
+            task_status.started()
+
+    async def _sweep(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL_S)
+            self.l1.sweep(time.monotonic(), 1000)
+
+    async def aclose(self) -> None:
+        if self.l2 is not None:
+            await self.l2.aclose()
