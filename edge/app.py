@@ -66,7 +66,7 @@ class Request:
     """What the handlers need to know about one request; built once, passed along."""
 
     __slots__ = ("scope", "receive", "send", "headers", "request_id", "start", "tenant",
-                 "anthropic", "endpoint", "status")
+                 "anthropic", "endpoint", "status", "finished")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -82,6 +82,9 @@ class Request:
         self.anthropic = False
         self.endpoint = "other"
         self.status = 200
+        # Set just before the last body message: Hypercorn reports "disconnect" as soon as a
+        # response is complete, and that must not cancel the work that follows it.
+        self.finished = False
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.start) * 1000.0
@@ -222,6 +225,7 @@ class EdgeApp:
             all_headers.extend(headers)
         req.status = status
         await req.send({"type": "http.response.start", "status": status, "headers": all_headers})
+        req.finished = True
         await req.send({"type": "http.response.body", "body": body})
 
     # -- request plumbing ------------------------------------------------------------
@@ -302,6 +306,8 @@ class EdgeApp:
         while True:
             message = await req.receive()
             if message["type"] == "http.disconnect":
+                if req.finished:
+                    return
                 if flight is not None:
                     await flight.wait_idle()
                 scope.cancel()
@@ -449,6 +455,7 @@ class EdgeApp:
             payload = b"".join(frame(c) for c in chunks) + DONE
             req.status = 200
             await req.send({"type": "http.response.start", "status": 200, "headers": headers})
+            req.finished = True
             await req.send({"type": "http.response.body", "body": payload})
             return
         meta = orjson.dumps({"provider": entry.provider, "cached": True, "cache_tier": tier,
@@ -564,9 +571,11 @@ class EdgeApp:
             self.metrics.provider_errors.labels(dep.provider.name, error.type).inc()
             self.metrics.requests.labels(req.endpoint, "5xx").inc()
             _, err_body = render(error)
+            req.finished = True
             await send({"type": "http.response.body", "body": b"data: " + err_body + b"\n\n",
                         "more_body": False})
             return None
+        req.finished = True
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
         cost = self._account(call, dep, usage)
         self.metrics.requests.labels(req.endpoint, "2xx").inc()

@@ -1,0 +1,306 @@
+"""SPEC §4 "Caching" end to end: the openai SDK and httpx against real edge processes."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import openai
+import pytest
+
+from _servers import EdgeProcess, MockUpstream, wait_until
+
+
+def provider_toml(mock: MockUpstream, extra: str = "") -> str:
+    return f"""
+{extra}
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "{mock.url}/v1"
+api_key = "env:MOCK_KEY"
+models = ["gpt-*", "text-embedding-*"]
+timeout_s = 5
+
+[models."gpt-4o"]
+input_per_mtok = 2.0
+output_per_mtok = 8.0
+"""
+
+
+ENV = {"MOCK_KEY": "sk-mock-secret-abcdef123456"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("cache")
+    mock = MockUpstream(tmp)
+    edge = EdgeProcess(tmp, config=provider_toml(mock), env=ENV)
+    yield edge, mock
+    edge.stop()
+    mock.stop()
+
+
+def chat(edge: EdgeProcess, content: str, **extra) -> httpx.Response:
+    headers = extra.pop("headers", {})
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}], **extra}
+    return httpx.post(f"{edge.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def upstream_calls(mock: MockUpstream) -> int:
+    return mock.stats()["by_path"].get("/v1/chat/completions", 0)
+
+
+def test_miss_then_hit_l1(stack) -> None:
+    edge, mock = stack
+    before = upstream_calls(mock)
+    first = chat(edge, "cache me")
+    second = chat(edge, "cache me")
+    assert first.headers["x-edge-cache"] == "miss"
+    assert second.headers["x-edge-cache"] == "hit-l1"
+    assert second.headers["x-edge-provider"] == "mock"
+    assert second.headers["x-edge-cost-usd"] == "0"
+    assert upstream_calls(mock) == before + 1
+    a, b = first.json(), second.json()
+    assert a["metadata"]["cached"] is False and a["metadata"]["cost_usd"] > 0
+    assert b["metadata"] == {**b["metadata"], "provider": "mock", "cached": True,
+                             "cache_tier": "l1", "cost_usd": 0.0}
+    a.pop("metadata"), b.pop("metadata")
+    assert a == b
+
+
+def test_key_ignores_order_whitespace_stream_user(stack) -> None:
+    edge, _ = stack
+    url = f"{edge.url}/v1/chat/completions"
+    one = b'{"model":"gpt-4o","temperature":1,"messages":[{"role":"user","content":"order"}]}'
+    two = (b'{ "messages" : [ { "content" : "order", "role" : "user" } ] ,\n'
+           b'  "temperature": 1.0, "model": "gpt-4o", "user": "someone" }')
+    assert httpx.post(url, content=one).headers["x-edge-cache"] == "miss"
+    assert httpx.post(url, content=two).headers["x-edge-cache"] == "hit-l1"
+    # a field that changes the answer changes the key
+    three = b'{"model":"gpt-4o","temperature":0.5,"messages":[{"role":"user","content":"order"}]}'
+    assert httpx.post(url, content=three).headers["x-edge-cache"] == "miss"
+
+
+def test_stream_miss_is_stored_and_served_as_json_and_sse(stack) -> None:
+    edge, mock = stack
+    client = openai.OpenAI(base_url=f"{edge.url}/v1", api_key="k", max_retries=0)
+    messages = [{"role": "user", "content": "stream then hit"}]
+    before = upstream_calls(mock)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="gpt-4o", messages=messages, stream=True) if c.choices)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+    assert raw.headers["x-edge-cache"] == "hit-l1"
+    assert raw.parse().choices[0].message.content == streamed == "Mock reply to: stream then hit"
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=messages, stream=True,
+            stream_options={"include_usage": True}) as response:
+        assert response.headers["x-edge-cache"] == "hit-l1"
+        chunks = list(response.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == streamed
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert upstream_calls(mock) == before + 1
+
+
+def test_tool_call_stream_assembled_and_replayed(stack) -> None:
+    edge, _ = stack
+    client = openai.OpenAI(base_url=f"{edge.url}/v1", api_key="k", max_retries=0)
+    tools = [{"type": "function", "function": {
+        "name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
+                                         "required": ["q"]}}}]
+    messages = [{"role": "user", "content": "find it"}]
+    list(client.chat.completions.create(model="gpt-4o", messages=messages, tools=tools,
+                                        stream=True))
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages,
+                                                           tools=tools)
+    assert raw.headers["x-edge-cache"] == "hit-l1"
+    choice = raw.parse().choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls[0].function.name == "lookup"
+    assert choice.message.tool_calls[0].function.arguments == '{"q":"find it"}'
+
+
+def test_cut_stream_is_not_stored(stack) -> None:
+    edge, mock = stack
+    content = "!mock cut_after=2 words=10"
+    for _ in range(2):
+        with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json={
+                "model": "gpt-4o", "stream": True,
+                "messages": [{"role": "user", "content": content}]}) as r:
+            assert r.headers["x-edge-cache"] == "miss"
+            r.read()
+
+
+def test_no_cache_refreshes_and_no_store_bypasses(stack) -> None:
+    edge, mock = stack
+    before = upstream_calls(mock)
+    assert chat(edge, "refresh me").headers["x-edge-cache"] == "miss"
+    refreshed = chat(edge, "refresh me", headers={"cache-control": "no-cache"})
+    assert refreshed.headers["x-edge-cache"] == "refresh"
+    assert upstream_calls(mock) == before + 2
+    assert chat(edge, "refresh me").headers["x-edge-cache"] == "hit-l1"
+
+    assert chat(edge, "never stored", headers={"cache-control": "no-store"}).headers[
+        "x-edge-cache"] == "bypass"
+    assert chat(edge, "never stored").headers["x-edge-cache"] == "miss"
+    assert chat(edge, "never stored", headers={"cache-control": "no-store"}).headers[
+        "x-edge-cache"] == "bypass"
+
+
+def test_per_request_ttl(stack) -> None:
+    edge, _ = stack
+    assert chat(edge, "short lived", headers={"x-edge-cache-ttl": "1"}).headers[
+        "x-edge-cache"] == "miss"
+    # it is a hit until it expires, then a miss: poll, never sleep blindly
+    wait_until(lambda: chat(edge, "short lived").headers["x-edge-cache"] == "miss",
+               deadline=15, interval=0.2, what="entry to expire")
+
+
+def test_bad_ttl_header(stack) -> None:
+    edge, _ = stack
+    r = chat(edge, "x", headers={"x-edge-cache-ttl": "soon"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-edge-cache-ttl"
+
+
+def test_embeddings_cached(stack) -> None:
+    edge, mock = stack
+    url = f"{edge.url}/v1/embeddings"
+    body = {"model": "text-embedding-3-small", "input": ["cache", "these"]}
+    first, second = httpx.post(url, json=body), httpx.post(url, json=body)
+    assert (first.headers["x-edge-cache"], second.headers["x-edge-cache"]) == ("miss", "hit-l1")
+    assert first.json()["data"] == second.json()["data"]
+
+
+def test_identical_requests_in_flight_coalesce(stack) -> None:
+    edge, mock = stack
+    before = upstream_calls(mock)
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        r = chat(edge, "!mock delay_ms=800 coalesce me")
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 8
+    assert upstream_calls(mock) == before + 1
+    caches = sorted(r.headers["x-edge-cache"] for r in results)
+    assert caches.count("miss") == 1 and caches.count("hit-l1") == 7
+
+
+def test_followers_get_the_leaders_error(stack) -> None:
+    edge, mock = stack
+    before = upstream_calls(mock)
+    results: list[int] = []
+
+    def one() -> None:
+        results.append(chat(edge, "!mock status=400 delay_ms=800").status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [400] * 4
+    assert upstream_calls(mock) == before + 1
+
+
+def test_leader_disconnect_keeps_call_for_followers(stack) -> None:
+    edge, mock = stack
+    body = {"model": "gpt-4o", "messages": [{"role": "user",
+                                             "content": "!mock delay_ms=1500 leader leaves"}]}
+    before_disc = mock.stats()["disconnects"]
+    follower: dict[str, httpx.Response] = {}
+
+    def follow() -> None:
+        follower["r"] = httpx.post(f"{edge.url}/v1/chat/completions", json=body, timeout=30)
+
+    with httpx.Client(timeout=0.4) as leader:
+        in_flight = mock.stats()["in_flight"]
+
+        def lead() -> None:
+            try:
+                leader.post(f"{edge.url}/v1/chat/completions", json=body)
+            except httpx.TimeoutException:
+                pass  # the leader's client gives up and hangs up
+
+        t_lead = threading.Thread(target=lead)
+        t_lead.start()
+        wait_until(lambda: mock.stats()["in_flight"] > in_flight, what="leader upstream")
+        t_follow = threading.Thread(target=follow)
+        t_follow.start()
+        t_lead.join()
+    t_follow.join()
+    assert follower["r"].status_code == 200
+    assert follower["r"].headers["x-edge-cache"] == "hit-l1"
+    assert mock.stats()["disconnects"] == before_disc  # the upstream call was not cut
+
+
+def test_scope_key_isolates_tenants(tmp_path) -> None:
+    mock = MockUpstream(tmp_path)
+    edge = EdgeProcess(tmp_path, config=provider_toml(mock),
+                       env={**ENV, "EDGE_API_KEYS": "key-alpha,key-beta"})
+    try:
+        def ask(key: str) -> str:
+            return httpx.post(f"{edge.url}/v1/chat/completions",
+                              headers={"authorization": f"Bearer {key}"},
+                              json={"model": "gpt-4o",
+                                    "messages": [{"role": "user", "content": "tenant"}]}
+                              ).headers["x-edge-cache"]
+
+        assert ask("key-alpha") == "miss"
+        assert ask("key-beta") == "miss"
+        assert ask("key-alpha") == "hit-l1"
+    finally:
+        edge.stop()
+        mock.stop()
+
+
+def test_scope_global_shares(tmp_path) -> None:
+    mock = MockUpstream(tmp_path)
+    edge = EdgeProcess(tmp_path, config=provider_toml(mock, '[cache]\nscope = "global"\n'),
+                       env={**ENV, "EDGE_API_KEYS": "key-alpha,key-beta"})
+    try:
+        def ask(key: str) -> str:
+            return httpx.post(f"{edge.url}/v1/chat/completions",
+                              headers={"authorization": f"Bearer {key}"},
+                              json={"model": "gpt-4o",
+                                    "messages": [{"role": "user", "content": "shared"}]}
+                              ).headers["x-edge-cache"]
+
+        assert ask("key-alpha") == "miss"
+        assert ask("key-beta") == "hit-l1"
+    finally:
+        edge.stop()
+        mock.stop()
+
+
+def test_cache_disabled_bypasses(tmp_path) -> None:
+    mock = MockUpstream(tmp_path)
+    edge = EdgeProcess(tmp_path, config=provider_toml(mock, "[cache]\nenabled = false\n"),
+                       env=ENV)
+    try:
+        for _ in range(2):
+            assert chat(edge, "off").headers["x-edge-cache"] == "bypass"
+    finally:
+        edge.stop()
+        mock.stop()
+
+
+def test_cache_metrics(stack) -> None:
+    edge, _ = stack
+    chat(edge, "metric me")
+    chat(edge, "metric me")
+    text = httpx.get(f"{edge.url}/metrics").text
+    assert 'llm_edge_cache_hits_total{tier="l1"}' in text
+    assert "llm_edge_cache_misses_total" in text
+    saved = [line for line in text.splitlines()
+             if line.startswith("llm_edge_cost_saved_usd_total{")]
+    assert saved and float(saved[0].rsplit(" ", 1)[1]) > 0
+    assert "llm_edge_cache_latency_seconds_bucket" in text
