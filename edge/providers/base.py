@@ -22,7 +22,8 @@ from ..sse import SSEError, SSEParser
 MAX_ERROR_BODY = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
-Decoder = Callable[[str | None, bytes], list[dict[str, Any]] | None]
+# One SSE event (name, data) -> (OpenAI chunks to emit, whether the stream is complete).
+Decoder = Callable[[str | None, bytes], tuple[list[dict[str, Any]], bool]]
 
 
 class Provider(ABC):
@@ -157,9 +158,9 @@ def _retry_after(value: str | None) -> float | None:
 class ChunkStream:
     """An upstream SSE answer as OpenAI chunk dicts, read as the upstream sends them.
 
-    `decode(event_name, data)` turns one SSE event into chunks (possibly none) or None
-    for the end-of-stream marker. Iteration ends at that marker; an upstream that stops
-    before it raises `UpstreamConnectError`, so a cut stream is never taken for a whole one.
+    `decode(event_name, data)` turns one SSE event into chunks (possibly none) and says
+    whether it completed the stream. Iteration ends there; an upstream that stops before
+    it raises `UpstreamConnectError`, so a cut stream is never taken for a whole one.
     """
 
     def __init__(self, response: httpx.Response, provider: Provider, decode: Decoder) -> None:
@@ -199,12 +200,12 @@ class ChunkStream:
         try:
             events = self._parser.feed(data)
             for event, payload in events:
-                chunks = self._decode(event, payload)
-                if chunks is None:
+                chunks, complete = self._decode(event, payload)
+                self._pending.extend(chunks)
+                if complete:
                     self._finished = True
                     await self.aclose()
                     return
-                self._pending.extend(chunks)
         except (SSEError, orjson.JSONDecodeError):
             await self.aclose()
             raise UpstreamError(f"provider {name} sent an invalid event stream") from None

@@ -73,11 +73,11 @@ class OpenAIProvider(Provider):
         return ChunkStream(response, self, _decode_openai_event)
 
 
-def _decode_openai_event(name: str | None, data: bytes) -> list[dict[str, Any]] | None:
+def _decode_openai_event(name: str | None, data: bytes) -> tuple[list[dict[str, Any]], bool]:
     if data == b"[DONE]":
-        return None
+        return [], True
     if not data:
-        return []
+        return [], False
     chunk = orjson.loads(data)
     if not isinstance(chunk, dict):
         raise SSEError("event data is not a JSON object")
@@ -85,4 +85,4 @@ def _decode_openai_event(name: str | None, data: bytes) -> list[dict[str, Any]] 
         err = chunk["error"]
         message = err.get("message") if isinstance(err, dict) else str(err)
         raise UpstreamError(f"upstream stream error: {message}")
-    return [chunk]
+    return [chunk], False
