@@ -210,8 +210,8 @@ class EdgeApp:
             if route is not None:
                 headers.append((b"allow", ", ".join(route[0]).encode()))
         req.status = status
-        self.metrics.errors.labels(error.type).inc()
-        self.metrics.requests.labels(req.endpoint, _status_class(status)).inc()
+        self.metrics.child(self.metrics.errors, error.type).inc()
+        self.metrics.child(self.metrics.requests, req.endpoint, _status_class(status)).inc()
         try:
             await req.send({"type": "http.response.start", "status": status, "headers": headers})
             await req.send({"type": "http.response.body", "body": body})
@@ -364,7 +364,7 @@ class EdgeApp:
             await self._serve(call)
         finally:
             metrics.inflight.dec()
-            metrics.duration.labels(req.endpoint).observe(time.perf_counter() - req.start)
+            metrics.child(metrics.duration, req.endpoint).observe(time.perf_counter() - req.start)
 
     def cache_policy(self, req: Request, cache: Cache) -> CachePolicy:
         """What this request may do with the cache, from config and its own headers."""
@@ -442,8 +442,9 @@ class EdgeApp:
 
     async def _send_hit(self, call: Call, entry: Entry, tier: str) -> None:
         req = call.req
-        self.metrics.cost_saved.labels(entry.provider, entry.model).inc(entry.cost_usd)
-        self.metrics.requests.labels(req.endpoint, "2xx").inc()
+        self.metrics.child(self.metrics.cost_saved, entry.provider,
+                           self.metrics.model_label(entry.model)).inc(entry.cost_usd)
+        self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
         latency = round(req.elapsed_ms(), 3)
         cache_header = b"hit-l1" if tier == "l1" else b"hit-l2"
         if call.stream:
@@ -469,9 +470,9 @@ class EdgeApp:
         ])
 
     def _on_failure(self, deployment: Deployment, error: UpstreamError) -> None:
-        self.metrics.provider_errors.labels(deployment.provider.name, error.type).inc()
+        self.metrics.child(self.metrics.provider_errors, deployment.provider.name, error.type).inc()
         if error.retryable:
-            self.metrics.failovers.labels(deployment.provider.name).inc()
+            self.metrics.child(self.metrics.failovers, deployment.provider.name).inc()
 
     def _account(self, call: Call, dep: Deployment, usage: Any) -> float:
         """Tokens and cost of one upstream answer, into the metrics; returns the cost."""
@@ -486,7 +487,8 @@ class EdgeApp:
         async def attempt(dep: Deployment) -> dict[str, Any]:
             began = time.perf_counter()
             answer = await dep.provider.complete(endpoint, body, dep.model, raw)
-            self.metrics.provider_latency.labels(dep.provider.name, dep.model).observe(
+            self.metrics.child(self.metrics.provider_latency, dep.provider.name,
+                               self.metrics.model_label(dep.model)).observe(
                 time.perf_counter() - began)
             return answer
 
@@ -499,7 +501,7 @@ class EdgeApp:
         latency = round(req.elapsed_ms(), 3)
         meta = orjson.dumps({"provider": dep.provider.name, "cached": False, "cache_tier": None,
                              "latency_ms": latency, "cost_usd": cost})
-        self.metrics.requests.labels(req.endpoint, "2xx").inc()
+        self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
         await self.send_json(req, 200, entry.body[:-1] + b',"metadata":' + meta + b"}", [
             (b"x-edge-cache", call.policy.header),
             (b"x-edge-provider", dep.provider.name.encode()),
@@ -523,7 +525,8 @@ class EdgeApp:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
                 raise
-            self.metrics.provider_latency.labels(dep.provider.name, dep.model).observe(
+            self.metrics.child(self.metrics.provider_latency, dep.provider.name,
+                               self.metrics.model_label(dep.model)).observe(
                 time.perf_counter() - began)
             return stream, first
 
@@ -568,8 +571,8 @@ class EdgeApp:
                 chunk = await anext(stream, None)
         except UpstreamError as error:
             # Headers are gone already: end the stream with an error event, never [DONE].
-            self.metrics.provider_errors.labels(dep.provider.name, error.type).inc()
-            self.metrics.requests.labels(req.endpoint, "5xx").inc()
+            self.metrics.child(self.metrics.provider_errors, dep.provider.name, error.type).inc()
+            self.metrics.child(self.metrics.requests, req.endpoint, "5xx").inc()
             _, err_body = render(error)
             req.finished = True
             await send({"type": "http.response.body", "body": b"data: " + err_body + b"\n\n",
@@ -578,7 +581,7 @@ class EdgeApp:
         req.finished = True
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
         cost = self._account(call, dep, usage)
-        self.metrics.requests.labels(req.endpoint, "2xx").inc()
+        self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
         if assembler is None or not assembler.finished:
             return None
         return Entry(orjson.dumps(assembler.result()), dep.provider.name, dep.model, cost)

@@ -7,6 +7,8 @@ error types from our own error classes. Nothing per request (ids, prompts) is a 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,6 +24,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 CACHE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Model names can come from clients (a glob such as "gpt-*" admits any suffix): past this
+# many distinct values, further ones are reported as "other".
+MAX_MODEL_LABELS = 200
 
 
 class Metrics:
@@ -74,13 +79,33 @@ class Metrics:
                                          "L2 writes dropped because the queue was full or L2 down",
                                          registry=r)
 
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._models: set[str] = set()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: the request path calls this many times."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def model_label(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) < MAX_MODEL_LABELS:
+            self._models.add(model)
+            return model
+        return "other"
+
     def usage(self, provider: str, model: str, prompt: int, completion: int, cost: float) -> None:
+        model = self.model_label(model)
         if prompt or completion:
-            self.tokens.labels(provider, model).inc(prompt + completion)
-            self.tokens_prompt.labels(provider, model).inc(prompt)
-            self.tokens_completion.labels(provider, model).inc(completion)
+            self.child(self.tokens, provider, model).inc(prompt + completion)
+            self.child(self.tokens_prompt, provider, model).inc(prompt)
+            self.child(self.tokens_completion, provider, model).inc(completion)
         if cost:
-            self.cost.labels(provider, model).inc(cost)
+            self.child(self.cost, provider, model).inc(cost)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
