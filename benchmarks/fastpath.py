@@ -1,0 +1,344 @@
+"""Micro-benchmarks of the hot path: compiled vs pure twin, and the L1 vs other LRUs.
+
+Run: `python -m benchmarks.fastpath [--repeats N] [--target-ms MS]`
+
+Every row is measured in this one run, beside its baseline (the pure twin; for the LRU
+also `cachetools.LRUCache` and lru-dict's `LRU` when installed). Figures are ns per
+operation, the median of several repeats of a `time.perf_counter_ns` loop; each figure
+includes the Python loop's own cost (printed as "empty loop"), the same for every row.
+Note the other LRUs do less work per call than edge's: no TTL check and no byte bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+
+from edge import _fastpath_py as pure
+
+
+def _optional(name: str) -> Any:
+    """The module, or None when it is not built / not installed (its rows are skipped)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+compiled = _optional("edge._fastpath")
+cachetools = _optional("cachetools")
+lru_dict = _optional("lru")  # the lru-dict distribution
+
+NOW = 1_000.0
+EXPIRES = 1_000_000.0
+SCOPE = "tenant-7f3a"
+L1_ENTRIES = 10_000
+ENTRY_BYTES = 2_000
+
+
+def chat_request(turns: int, words_per_turn: int) -> dict[str, Any]:
+    """A plausible chat-completions body; `turns` messages after the system prompt."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a concise assistant. Answer in plain English."}
+    ]
+    for i in range(turns):
+        role = "user" if i % 2 == 0 else "assistant"
+        text = " ".join(f"word{(i * 31 + j) % 97}" for j in range(words_per_turn))
+        messages.append({"role": role, "content": f"Turn {i}: {text}"})
+    return {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "temperature": 0.7,
+        "max_tokens": 256,
+        "stream": False,
+        "user": "bench",
+    }
+
+
+def big_request() -> dict[str, Any]:
+    """About 10 KB: a longer conversation plus two tool definitions."""
+    body = chat_request(turns=12, words_per_turn=90)
+    body["tools"] = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{n}",
+                "description": "Looks something up in a catalogue and returns the matches.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "query": {"type": "string", "description": "What to look for."},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 50},
+                        "exact": {"type": "boolean"},
+                    },
+                    "required": ["query"],
+                },
+            },
+        }
+        for n in range(2)
+    ]
+    body["tool_choice"] = "auto"
+    body["top_p"] = 0.95
+    body["seed"] = 42
+    return body
+
+
+# --- timing loops: one per call shape, so no *args or lambda layer sits between the
+# --- loop and the call being measured.
+
+
+def _loop_empty(n: int) -> int:
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, n):
+        pass
+    return time.perf_counter_ns() - start
+
+
+def _loop_call2(fn: Callable[[Any, Any], object], a: Any, b: Any, n: int) -> int:
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, n):
+        fn(a, b)
+    return time.perf_counter_ns() - start
+
+
+def _loop_getitem(mapping: Any, key: Any, n: int) -> int:
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, n):
+        mapping[key]
+    return time.perf_counter_ns() - start
+
+
+def _loop_key_then_get(
+    key_fn: Callable[[Any, str], str], get: Callable[[str, float], object], body: Any, n: int
+) -> int:
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, n):
+        get(key_fn(body, SCOPE), NOW)
+    return time.perf_counter_ns() - start
+
+
+def _loop_put(
+    put: Callable[[str, object, int, float], bool], keys: list[str], value: object
+) -> int:
+    start = time.perf_counter_ns()
+    for key in keys:
+        put(key, value, ENTRY_BYTES, EXPIRES)
+    return time.perf_counter_ns() - start
+
+
+def _loop_setitem(mapping: Any, keys: list[str], value: object) -> int:
+    start = time.perf_counter_ns()
+    for key in keys:
+        mapping[key] = value
+    return time.perf_counter_ns() - start
+
+
+@dataclass
+class Case:
+    """One row: `run(n)` performs n operations and returns the ns they took."""
+
+    group: str
+    impl: str
+    run: Callable[[int], int] | None
+    note: str = ""
+    ns: float | None = None
+
+
+def calibrate(run: Callable[[int], int], target_ms: float) -> int:
+    """A loop count whose run takes about `target_ms`."""
+    n = 1
+    while True:
+        elapsed = run(n)
+        if elapsed >= target_ms * 1e6 / 4 or n >= 1 << 24:
+            break
+        n *= 4
+    return max(1, int(n * target_ms * 1e6 / max(elapsed, 1)))
+
+
+def measure(cases: list[Case], repeats: int, target_ms: float) -> None:
+    """Fill in each case's median ns/op.
+
+    The cases of a group are interleaved repeat by repeat, so a burst of load from other
+    processes hits every implementation alike and the ratios stay meaningful.
+    """
+    live = [case for case in cases if case.run is not None]
+    counts = [calibrate(case.run, target_ms) for case in live]  # type: ignore[arg-type]
+    samples: list[list[float]] = [[] for _ in live]
+    for _ in range(repeats):
+        for i, case in enumerate(live):
+            samples[i].append(case.run(counts[i]) / counts[i])  # type: ignore[misc]
+    for case, taken in zip(live, samples, strict=True):
+        case.ns = statistics.median(taken)
+
+
+def render(cases: list[Case]) -> str:
+    """The table, with speed-ups against the pure twin and slow-downs against compiled."""
+    pure_ns = {c.group: c.ns for c in cases if c.impl == "pure" and c.ns is not None}
+    comp_ns = {c.group: c.ns for c in cases if c.impl == "compiled" and c.ns is not None}
+    lines = [
+        f"{'operation':<24} {'implementation':<20} {'ns/op':>8} {'vs pure':>8} "
+        f"{'vs compiled':>11}  note",
+        "-" * 100,
+    ]
+    for c in cases:
+        if c.ns is None:
+            lines.append(f"{c.group:<24} {c.impl:<20} {'skipped':>8} {'':>8} {'':>11}  {c.note}")
+            continue
+        vs_pure = f"{pure_ns[c.group] / c.ns:.1f}x" if c.group in pure_ns else ""
+        vs_comp = f"{c.ns / comp_ns[c.group]:.1f}x" if c.group in comp_ns else ""
+        lines.append(f"{c.group:<24} {c.impl:<20} {c.ns:8.0f} {vs_pure:>8} {vs_comp:>11}  {c.note}")
+    return "\n".join(lines).rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Micro-benchmarks of edge's hot path.")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per row (median)")
+    parser.add_argument("--target-ms", type=float, default=30.0, help="length of one repeat")
+    args = parser.parse_args(argv)
+
+    print(f"interpreter: {sys.executable}")
+    print(f"version:     Python {platform.python_version()} ({platform.python_implementation()})")
+    print(
+        f"machine:     {platform.machine()}, {platform.system()} {platform.release()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    if compiled is None:
+        print(
+            "notice: edge._fastpath is not built; compiled rows skipped "
+            "(python setup.py build_ext --inplace)"
+        )
+    if cachetools is None:
+        print("notice: cachetools not installed; its rows skipped (pip install cachetools)")
+    if lru_dict is None:
+        print("notice: lru-dict not installed; its rows skipped (pip install lru-dict)")
+
+    small, large = chat_request(turns=3, words_per_turn=28), big_request()
+    print(
+        f"requests:    {len(orjson.dumps(small))} B JSON -> {len(pure.canonical(small))} B "
+        f"canonical; {len(orjson.dumps(large))} B JSON -> {len(pure.canonical(large))} B "
+        "canonical"
+    )
+    print(
+        f"empty loop:  {statistics.median(_loop_empty(100_000) / 100_000 for _ in range(5)):.0f}"
+        " ns/op (included in every figure below)"
+    )
+    print()
+
+    impls: list[tuple[str, Any]] = [("compiled", compiled), ("pure", pure)]
+    if compiled is not None:
+        assert compiled.canonical(large) == pure.canonical(large), "the twins disagree"
+    value = object()
+    hot_key = pure.cache_key(small, SCOPE)
+    warm_keys = [f"{i:032x}" for i in range(L1_ENTRIES - 1)] + [hot_key]
+    fresh = itertools.count()
+
+    def fresh_keys(n: int) -> list[str]:
+        return [f"{next(fresh):032x}-new" for _ in range(n)]
+
+    def time_put(put: Callable[[str, object, int, float], bool], n: int) -> int:
+        return _loop_put(put, fresh_keys(n), value)  # keys are made before the clock starts
+
+    def time_setitem(mapping: Any, n: int) -> int:
+        return _loop_setitem(mapping, fresh_keys(n), value)
+
+    def edge_cache(mod: Any) -> Any:
+        cache = mod.LRUCache(L1_ENTRIES, L1_ENTRIES * ENTRY_BYTES)
+        for key in warm_keys:
+            cache.put(key, value, ENTRY_BYTES, EXPIRES)
+        return cache
+
+    def other_cache(make: Callable[[int], Any]) -> Any:
+        cache = make(L1_ENTRIES)
+        for key in warm_keys:
+            cache[key] = value
+        return cache
+
+    others: list[tuple[str, Callable[[int], Any] | None]] = [
+        ("cachetools.LRUCache", None if cachetools is None else cachetools.LRUCache),
+        ("lru-dict LRU", None if lru_dict is None else lru_dict.LRU),
+    ]
+    missing = {"compiled": "not built"}
+
+    groups: list[list[Case]] = []
+    for label, body in (("cache_key ~1 KB", small), ("cache_key ~10 KB", large)):
+        groups.append(
+            [
+                Case(label, name, partial(_loop_call2, mod.cache_key, body, SCOPE))
+                if mod is not None
+                else Case(label, name, None, missing[name])
+                for name, mod in impls
+            ]
+        )
+
+    get_cases: list[Case] = []
+    put_cases: list[Case] = []
+    both_cases: list[Case] = []
+    get, put, both = "LRUCache.get hit", "LRUCache.put (evicts)", "cache_key + get ~1 KB"
+    for name, mod in impls:
+        if mod is None:
+            for cases, label in ((get_cases, get), (put_cases, put), (both_cases, both)):
+                cases.append(Case(label, name, None, missing[name]))
+            continue
+        cache = edge_cache(mod)
+        get_cases.append(
+            Case(get, name, partial(_loop_call2, cache.get, hot_key, NOW), f"{L1_ENTRIES} entries")
+        )
+        put_cases.append(
+            Case(put, name, partial(time_put, edge_cache(mod).put), "a new key into a full cache")
+        )
+        both_cases.append(
+            Case(
+                both,
+                name,
+                partial(_loop_key_then_get, mod.cache_key, cache.get, small),
+                "a hit: the per-request L1 path",
+            )
+        )
+    for name, make in others:
+        if make is None:
+            get_cases.append(Case(get, name, None, "not installed"))
+            put_cases.append(Case(put, name, None, "not installed"))
+            continue
+        get_cases.append(
+            Case(
+                get,
+                name,
+                partial(_loop_getitem, other_cache(make), hot_key),
+                "c[key]; no TTL, no byte bound",
+            )
+        )
+        put_cases.append(
+            Case(
+                put,
+                name,
+                partial(time_setitem, other_cache(make)),
+                "c[key] = v; no TTL, no byte bound",
+            )
+        )
+    groups += [get_cases, put_cases, both_cases]
+
+    for cases in groups:
+        measure(cases, args.repeats, args.target_ms)
+    print(render([case for cases in groups for case in cases]))
+    print()
+    print(
+        f"ns/op: median of {args.repeats} interleaved repeats of ~{args.target_ms:.0f} ms each. "
+        "vs pure = pure ns / row ns (speed-up); vs compiled = row ns / compiled ns."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

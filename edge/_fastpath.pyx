@@ -1,0 +1,740 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Compiled hot path: the request key (canonical form + xxh3-128) and the L1 LRU.
+
+Same API and byte-identical output as `edge._fastpath_py`, which is the oracle and the
+fallback. Speed comes from three things: the canonical form is written into one C buffer
+(on the stack for ordinary requests) with exact-type fast paths and no Python-level calls
+per item; xxhash is called once per key; the LRU's recency ring is raw pointers between
+nodes owned by a dict, so get/put are a dict probe plus pointer surgery and create no
+reference cycles for the garbage collector to chase.
+"""
+
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.math cimport floor, isfinite
+from libc.string cimport memcmp, memcpy, memset, strlen
+
+from collections.abc import Mapping
+
+import xxhash
+
+cdef extern from "Python.h":
+    # Declared here rather than cimported so the exception specs say exactly what we rely on.
+    bint PyUnicode_IS_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size)  # NULL + error on surrogates
+    object PyUnicode_AsEncodedString(object o, const char* encoding, const char* errors)
+    char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
+    object PyBytes_FromStringAndSize(const char* s, Py_ssize_t n)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+    object PyLong_FromDouble(double d)
+    double PyFloat_AS_DOUBLE(object o)
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int* ptype) except NULL
+    int Py_DTSF_ADD_DOT_0
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+    bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+    Py_ssize_t PyDict_GET_SIZE(object d)
+    int PyUnicode_KIND(PyObject* o)
+    int PyUnicode_1BYTE_KIND
+    void* _ucs_data "PyUnicode_DATA"(PyObject* o)
+    Py_ssize_t _ucs_len "PyUnicode_GET_LENGTH"(PyObject* o)
+    int _ucs_compare "PyUnicode_Compare"(PyObject* a, PyObject* b)
+    void _incref "Py_INCREF"(PyObject* o)
+    void _decref "Py_DECREF"(PyObject* o)
+    int PyDict_DelItem(object d, object key) except -1
+    object PyDict_Keys(object d)
+    int PyList_Sort(object l) except -1
+    Py_ssize_t PyList_GET_SIZE(object l)
+    PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
+    Py_ssize_t PyTuple_GET_SIZE(object t)
+    PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    void PyErr_Clear()
+    object PyNumber_Index(object o)
+
+__all__ = ["EXCLUDED_FIELDS", "MAX_DEPTH", "LRUCache", "cache_key", "canonical"]
+
+#: Top-level request fields that never change the answer, so they stay out of the key.
+EXCLUDED_FIELDS = frozenset({"stream", "stream_options", "user"})
+
+#: Deepest container nesting `canonical` accepts (see the pure twin).
+MAX_DEPTH = 256
+
+cdef int _MAX_DEPTH = MAX_DEPTH
+cdef frozenset _EXCLUDED = EXCLUDED_FIELDS
+cdef object _hexdigest = xxhash.xxh3_128_hexdigest
+cdef object _int_repr = int.__repr__
+cdef object _Mapping = Mapping
+
+
+cdef inline long long _as_count(object n) except? -1:
+    """An int argument, refusing floats as operator.index does in the twin."""
+    if type(n) is int:
+        return n
+    return PyNumber_Index(n)
+
+cdef enum:
+    _STACK_BYTES = 4096  # ordinary requests (a few KB) are encoded without touching the heap
+    _SMALL_DICT = 32  # dicts up to this size are sorted in C on the stack
+    _FLOAT_SLOTS = 256  # direct-mapped memo of float reprs (see _put_float)
+    _FLOAT_TEXT = 32  # longest float repr is 24 characters ("-2.2250738585072014e-308")
+
+# repr() of a float runs the shortest-round-trip dtoa, the costliest step of a typical key
+# (temperature, top_p). Requests repeat a handful of values, so keep the text of recent
+# ones in a direct-mapped table keyed by the double's bit pattern: equal finite non-integral
+# doubles have equal bits and equal reprs (only 0.0/-0.0 differ in bits while equal, and
+# integral values never get here). The all-ones pattern is a NaN, which is never stored, so
+# it marks an empty slot. A collision just overwrites the slot.
+cdef unsigned long long _float_bits[_FLOAT_SLOTS]
+cdef char _float_text[_FLOAT_SLOTS][_FLOAT_TEXT]
+cdef unsigned char _float_len[_FLOAT_SLOTS]
+memset(_float_bits, 0xFF, sizeof(_float_bits))
+
+
+# ---------------------------------------------------------------------------------------
+# The output buffer
+# ---------------------------------------------------------------------------------------
+
+cdef struct _Buf:
+    char* data
+    Py_ssize_t length
+    Py_ssize_t capacity
+    bint on_heap
+
+
+cdef int _grow(_Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t needed = b.length + extra
+    cdef Py_ssize_t capacity = b.capacity * 2
+    cdef char* data
+    if capacity < needed:
+        capacity = needed
+    if b.on_heap:
+        data = <char*>PyMem_Realloc(b.data, <size_t>capacity)
+        if data == NULL:
+            raise MemoryError()
+    else:
+        data = <char*>PyMem_Malloc(<size_t>capacity)
+        if data == NULL:
+            raise MemoryError()
+        memcpy(data, b.data, <size_t>b.length)
+        b.on_heap = True
+    b.data = data
+    b.capacity = capacity
+    return 0
+
+
+cdef inline int _put(_Buf* b, const char* s, Py_ssize_t n) except -1:
+    if b.length + n > b.capacity:
+        _grow(b, n)
+    memcpy(b.data + b.length, s, <size_t>n)
+    b.length += n
+    return 0
+
+
+cdef inline int _put_char(_Buf* b, char c) except -1:
+    if b.length + 1 > b.capacity:
+        _grow(b, 1)
+    b.data[b.length] = c
+    b.length += 1
+    return 0
+
+
+cdef inline int _put_decimal(_Buf* b, long long v) except -1:
+    """Append `v` in decimal, as str(int) would write it."""
+    cdef char digits[24]
+    cdef int i = 24
+    cdef unsigned long long u
+    if v < 0:
+        u = <unsigned long long>0 - <unsigned long long>v  # also right for LLONG_MIN
+    else:
+        u = <unsigned long long>v
+    while True:
+        i -= 1
+        digits[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        i -= 1
+        digits[i] = b'-'
+    return _put(b, &digits[i], 24 - i)
+
+
+cdef inline int _put_ascii_str(_Buf* b, str s) except -1:
+    """Append an ASCII-only str produced by int/float repr."""
+    return _put(b, <const char*>PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s))
+
+
+# ---------------------------------------------------------------------------------------
+# Canonical form
+# ---------------------------------------------------------------------------------------
+
+cdef int _put_str(_Buf* b, object s) except -1:
+    """Append s<utf-8 length>:<utf-8 bytes>; `s` is a str or str subclass."""
+    cdef const char* data
+    cdef Py_ssize_t n
+    cdef object encoded
+    if type(s) is str:
+        if PyUnicode_IS_ASCII(s):
+            data = <const char*>PyUnicode_DATA(s)
+            n = PyUnicode_GET_LENGTH(s)
+        else:
+            data = PyUnicode_AsUTF8AndSize(s, &n)
+            if data == NULL:
+                # Lone surrogates: strict UTF-8 refuses them, surrogatepass keeps them.
+                PyErr_Clear()
+                encoded = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass")
+                data = PyBytes_AS_STRING(encoded)
+                n = PyBytes_GET_SIZE(encoded)
+                return _put_str_bytes(b, data, n)
+    else:
+        # A subclass is encoded as its base value, as str.encode(s, ...) does in the twin.
+        encoded = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass")
+        data = PyBytes_AS_STRING(encoded)
+        n = PyBytes_GET_SIZE(encoded)
+    return _put_str_bytes(b, data, n)
+
+
+cdef inline int _put_str_bytes(_Buf* b, const char* data, Py_ssize_t n) except -1:
+    if b.length + n + 24 > b.capacity:
+        _grow(b, n + 24)
+    b.data[b.length] = b's'
+    b.length += 1
+    _put_decimal(b, n)
+    b.data[b.length] = b':'
+    b.length += 1
+    memcpy(b.data + b.length, data, <size_t>n)
+    b.length += n
+    return 0
+
+
+cdef int _put_int(_Buf* b, object x) except -1:
+    """Append i<decimal>; for an int or int subclass (never bool)."""
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(x, &overflow)
+    _put_char(b, b'i')
+    if overflow:
+        _put_ascii_str(b, _int_repr(x))
+    else:
+        _put_decimal(b, v)
+    return _put_char(b, b';')
+
+
+cdef int _put_float(_Buf* b, object x) except -1:
+    """Append a float: integral values exactly as the equal int, others as f<repr>;."""
+    cdef double d = PyFloat_AS_DOUBLE(x)
+    cdef unsigned long long bits
+    cdef unsigned int slot
+    cdef char* text
+    cdef Py_ssize_t n
+    if not isfinite(d):
+        text = PyOS_double_to_string(d, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+        try:
+            _put_char(b, b'f')
+            _put(b, text, <Py_ssize_t>strlen(text))
+        finally:
+            PyMem_Free(text)
+        return _put_char(b, b';')
+    if floor(d) == d:
+        _put_char(b, b'i')
+        if -9.2e18 < d < 9.2e18:
+            _put_decimal(b, <long long>d)
+        else:
+            _put_ascii_str(b, _int_repr(PyLong_FromDouble(d)))
+        return _put_char(b, b';')
+    memcpy(&bits, &d, sizeof(bits))
+    slot = <unsigned int>((bits * 0x9E3779B97F4A7C15ULL) >> 56)  # Fibonacci hash to 8 bits
+    _put_char(b, b'f')
+    if _float_bits[slot] == bits:
+        _put(b, _float_text[slot], _float_len[slot])
+        return _put_char(b, b';')
+    # The same call float.__repr__ makes, so the text is identical to repr(x).
+    text = PyOS_double_to_string(d, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        n = <Py_ssize_t>strlen(text)
+        _put(b, text, n)
+        if n < _FLOAT_TEXT:
+            memcpy(_float_text[slot], text, <size_t>n)
+            _float_len[slot] = <unsigned char>n
+            _float_bits[slot] = bits
+    finally:
+        PyMem_Free(text)
+    return _put_char(b, b';')
+
+
+cdef int _too_deep() except -1:
+    raise ValueError(f"request nests deeper than {_MAX_DEPTH} levels")
+
+
+cdef int _check_keys(list keys) except -1:
+    cdef Py_ssize_t i
+    cdef object key
+    for i in range(PyList_GET_SIZE(keys)):
+        key = <object>PyList_GET_ITEM(keys, i)
+        if type(key) is not str and not isinstance(key, str):
+            raise TypeError(f"object keys must be str, not {type(key).__name__}")
+    return 0
+
+
+cdef inline int _compare_exact_str(PyObject* a, PyObject* b) noexcept:
+    """Python's str order (code points) for two exact strs; never raises for exact strs."""
+    cdef Py_ssize_t la, lb
+    cdef int r
+    if PyUnicode_KIND(a) == PyUnicode_1BYTE_KIND and PyUnicode_KIND(b) == PyUnicode_1BYTE_KIND:
+        la = _ucs_len(a)
+        lb = _ucs_len(b)
+        r = memcmp(_ucs_data(a), _ucs_data(b), <size_t>(la if la < lb else lb))
+        if r != 0:
+            return r
+        return (la > lb) - (la < lb)
+    return _ucs_compare(a, b)
+
+
+cdef int _put_small_dict(_Buf* b, bint top, int depth, PyObject** keys, PyObject** values,
+                         Py_ssize_t n) except -1:
+    """Sort (key, value) pairs with an insertion sort and encode them.
+
+    The caller has collected borrowed pointers from the dict; they are owned here for the
+    duration, as encoding a subclass value may run user code that mutates the dict.
+    """
+    cdef Py_ssize_t i, j
+    cdef PyObject* key
+    cdef PyObject* value
+    for i in range(n):
+        _incref(keys[i])
+        _incref(values[i])
+    try:
+        for i in range(1, n):
+            key = keys[i]
+            value = values[i]
+            j = i - 1
+            while j >= 0 and _compare_exact_str(keys[j], key) > 0:
+                keys[j + 1] = keys[j]
+                values[j + 1] = values[j]
+                j -= 1
+            keys[j + 1] = key
+            values[j + 1] = value
+        _put_char(b, b'{')
+        for i in range(n):
+            if top and <object>keys[i] in _EXCLUDED:
+                continue
+            _put_str(b, <object>keys[i])
+            _put_value(b, <object>values[i], depth)
+        return _put_char(b, b'}')
+    finally:
+        for i in range(n):
+            _decref(keys[i])
+            _decref(values[i])
+
+
+cdef int _put_dict(_Buf* b, dict d, bint top, int depth) except -1:
+    cdef PyObject* small_keys[_SMALL_DICT]
+    cdef PyObject* small_values[_SMALL_DICT]
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t n = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef list keys
+    cdef Py_ssize_t i
+    cdef object key
+    cdef object value
+    cdef PyObject* item
+    if depth > _MAX_DEPTH:
+        _too_deep()
+    if PyDict_GET_SIZE(d) <= _SMALL_DICT:
+        # The usual case: a handful of exact-str keys, sorted without building a list.
+        while PyDict_Next(d, &pos, &k, &v):
+            if type(<object>k) is not str:
+                break
+            small_keys[n] = k
+            small_values[n] = v
+            n += 1
+        else:
+            return _put_small_dict(b, top, depth, small_keys, small_values, n)
+    keys = <list>PyDict_Keys(d)
+    _check_keys(keys)
+    PyList_Sort(keys)
+    _put_char(b, b'{')
+    for i in range(PyList_GET_SIZE(keys)):
+        key = <object>PyList_GET_ITEM(keys, i)
+        if top and key in _EXCLUDED:
+            continue
+        item = PyDict_GetItemWithError(d, key)
+        if item == NULL:
+            raise RuntimeError("dictionary changed size during canonicalisation")
+        value = <object>item  # a strong reference: encoding a subclass may run user code
+        _put_str(b, key)
+        _put_value(b, value, depth)
+    return _put_char(b, b'}')
+
+
+cdef int _put_mapping(_Buf* b, object m, bint top, int depth) except -1:
+    """Dict subclasses and other Mappings: the same Python-level steps as the twin."""
+    cdef object key
+    if depth > _MAX_DEPTH:
+        _too_deep()
+    for key in m:
+        if not isinstance(key, str):
+            raise TypeError(f"object keys must be str, not {type(key).__name__}")
+    _put_char(b, b'{')
+    for key in sorted(m):
+        if top and key in _EXCLUDED:
+            continue
+        _put_str(b, key)
+        _put_value(b, m[key], depth)
+    return _put_char(b, b'}')
+
+
+cdef int _put_list(_Buf* b, list items, int depth) except -1:
+    cdef Py_ssize_t i = 0
+    cdef object item
+    if depth + 1 > _MAX_DEPTH:
+        _too_deep()
+    _put_char(b, b'[')
+    while i < PyList_GET_SIZE(items):  # re-read: encoding a subclass item may run user code
+        item = <object>PyList_GET_ITEM(items, i)
+        _put_value(b, item, depth + 1)
+        i += 1
+    return _put_char(b, b']')
+
+
+cdef int _put_tuple(_Buf* b, tuple items, int depth) except -1:
+    cdef Py_ssize_t i
+    if depth + 1 > _MAX_DEPTH:
+        _too_deep()
+    _put_char(b, b'[')
+    for i in range(PyTuple_GET_SIZE(items)):
+        _put_value(b, <object>PyTuple_GET_ITEM(items, i), depth + 1)
+    return _put_char(b, b']')
+
+
+cdef int _put_value(_Buf* b, object x, int depth) except -1:
+    cdef type t = type(x)
+    cdef object item
+    # Exact types first (what a parsed JSON body contains), most frequent first.
+    if t is str:
+        return _put_str(b, x)
+    if t is dict:
+        return _put_dict(b, <dict>x, False, depth + 1)
+    if t is list:
+        return _put_list(b, <list>x, depth)
+    if t is int:
+        return _put_int(b, x)
+    if t is float:
+        return _put_float(b, x)
+    if x is None:
+        return _put_char(b, b'N')
+    if t is bool:
+        return _put_char(b, b'T' if x is True else b'F')
+    if t is tuple:
+        return _put_tuple(b, <tuple>x, depth)
+    # Subclasses, in the twin's order.
+    if isinstance(x, str):
+        return _put_str(b, x)
+    if isinstance(x, int):  # bool cannot be subclassed, so this is never a bool
+        return _put_int(b, x)
+    if isinstance(x, float):
+        return _put_float(b, x)
+    if isinstance(x, dict):
+        return _put_mapping(b, x, False, depth + 1)
+    if isinstance(x, (list, tuple)):
+        if depth + 1 > _MAX_DEPTH:
+            _too_deep()
+        _put_char(b, b'[')
+        for item in x:
+            _put_value(b, item, depth + 1)
+        return _put_char(b, b']')
+    raise TypeError(f"cannot use a value of type {t.__name__} in a cache key")
+
+
+cdef int _put_body(_Buf* b, object body) except -1:
+    if type(body) is dict:
+        return _put_dict(b, <dict>body, True, 1)
+    if isinstance(body, _Mapping):
+        return _put_mapping(b, body, True, 1)
+    raise TypeError(f"request body must be a mapping, not {type(body).__name__}")
+
+
+def canonical(body):
+    """canonical(body: Mapping[str, Any]) -> bytes
+
+    Encode a request as a self-delimiting byte string that ignores key order.
+    """
+    cdef char stack[_STACK_BYTES]
+    cdef _Buf b
+    b.data = stack
+    b.length = 0
+    b.capacity = _STACK_BYTES
+    b.on_heap = False
+    try:
+        _put_body(&b, body)
+        return PyBytes_FromStringAndSize(b.data, b.length)
+    finally:
+        if b.on_heap:
+            PyMem_Free(b.data)
+
+
+def cache_key(body, scope):
+    """cache_key(body: Mapping[str, Any], scope: str) -> str
+
+    The 32-hex-digit xxh3-128 of canonical(body) + b"|" + scope as UTF-8.
+    """
+    cdef char stack[_STACK_BYTES]
+    cdef _Buf b
+    cdef object data
+    cdef object encoded
+    if not isinstance(scope, str):
+        raise TypeError(f"scope must be str, not {type(scope).__name__}")
+    b.data = stack
+    b.length = 0
+    b.capacity = _STACK_BYTES
+    b.on_heap = False
+    try:
+        _put_body(&b, body)
+        _put_char(&b, b'|')
+        if type(scope) is str and PyUnicode_IS_ASCII(scope):
+            _put(&b, <const char*>PyUnicode_DATA(scope), PyUnicode_GET_LENGTH(scope))
+        else:
+            encoded = PyUnicode_AsEncodedString(scope, "utf-8", "surrogatepass")
+            _put(&b, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
+        data = PyBytes_FromStringAndSize(b.data, b.length)
+    finally:
+        if b.on_heap:
+            PyMem_Free(b.data)
+    return _hexdigest(data)
+
+
+# ---------------------------------------------------------------------------------------
+# L1 LRU
+# ---------------------------------------------------------------------------------------
+
+@cython.final
+@cython.freelist(256)
+cdef class _Node:
+    """One entry. `prev`/`next` are borrowed: the cache's dict owns every node."""
+    cdef PyObject* prev
+    cdef PyObject* next
+    cdef object key
+    cdef object value
+    cdef long long size
+    cdef double expires_at
+
+
+@cython.final
+cdef class LRUCache:
+    """LRUCache(max_entries: int, max_bytes: int)
+
+    The L1 cache: least-recently-used eviction under an entry bound and a byte bound,
+    plus TTL. Entries live in a dict (key -> node) and in a circular doubly linked ring
+    through a sentinel: root.next is the least recently used entry, root.prev the most
+    recent. Every operation except sweep and clear is O(1).
+
+    Sweep invariant: a cursor marks the next entry to examine and only moves towards the
+    MRU end, wrapping round to the LRU end. sweep(now, limit) examines at most `limit`
+    entries from the cursor, deletes the expired ones and leaves the cursor after the last
+    one examined. An entry that leaves its place while under the cursor (deleted, evicted,
+    moved to MRU even if it already was the MRU) first steps the cursor to the entry after
+    it. So one call with
+    limit >= len(cache) removes every expired entry, ceil(len / limit) calls without other
+    traffic examine every entry, and each call costs O(limit).
+
+    Counters (hits, misses, evictions) are lifetime totals; clear() keeps them.
+    """
+
+    cdef dict _map
+    cdef _Node _root
+    cdef PyObject* _cursor
+    cdef long long _max_entries
+    cdef long long _max_bytes
+    cdef long long _bytes
+    cdef long long _hits
+    cdef long long _misses
+    cdef long long _evictions
+
+    def __cinit__(self, max_entries, max_bytes):
+        self._max_entries = _as_count(max_entries)
+        self._max_bytes = _as_count(max_bytes)
+        if self._max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {self._max_entries}")
+        if self._max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {self._max_bytes}")
+        self._map = {}
+        self._root = _Node.__new__(_Node)
+        self._root.prev = <PyObject*>self._root
+        self._root.next = <PyObject*>self._root
+        self._cursor = <PyObject*>self._root  # the root means "start at the LRU end"
+
+    def get(self, key, double now):
+        """get(key: str, now: float) -> object | None
+
+        The live value for key, now the most recently used; None if missing or expired.
+        """
+        cdef PyObject* found = PyDict_GetItemWithError(self._map, key)
+        cdef _Node node
+        if found == NULL:
+            self._misses += 1
+            return None
+        node = <_Node>found
+        if node.expires_at <= now:
+            self._remove(node)
+            self._misses += 1
+            return None
+        self._unlink(node)  # even when already MRU: the cursor must step off it as in the twin
+        self._append(node)
+        self._hits += 1
+        return node.value
+
+    def put(self, key, value, object size, double expires_at):
+        """put(key: str, value: object, size: int, expires_at: float) -> bool
+
+        Store value as the most recent entry, evicting LRU entries to fit the bounds. An
+        entry bigger than max_bytes is not stored, any older entry for the key is removed
+        (it would be stale), and the result is False.
+        """
+        cdef PyObject* found
+        cdef _Node node
+        cdef object old_value = None  # released last, once the cache is consistent again
+        cdef long long nbytes = _as_count(size)
+        if nbytes < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        found = PyDict_GetItemWithError(self._map, key)
+        if found != NULL:
+            node = <_Node>found
+            if nbytes > self._max_bytes:
+                self._remove(node)
+                return False
+            self._unlink(node)
+            self._append(node)
+            self._bytes += nbytes - node.size
+            node.size = nbytes
+            node.expires_at = expires_at
+            old_value = node.value
+            node.value = value
+        else:
+            if nbytes > self._max_bytes:
+                return False
+            node = _Node.__new__(_Node)
+            node.key = key
+            node.value = value
+            node.size = nbytes
+            node.expires_at = expires_at
+            self._map[key] = node
+            self._append(node)
+            self._bytes += nbytes
+        while len(self._map) > self._max_entries or self._bytes > self._max_bytes:
+            self._remove(<_Node>self._root.next)
+            self._evictions += 1
+        return True
+
+    def delete(self, key):
+        """delete(key: str) -> bool
+
+        Remove key; True if it was present (expired or not).
+        """
+        cdef PyObject* found = PyDict_GetItemWithError(self._map, key)
+        if found == NULL:
+            return False
+        self._remove(<_Node>found)
+        return True
+
+    def sweep(self, double now, Py_ssize_t limit=1000):
+        """sweep(now: float, limit: int = 1000) -> int
+
+        Examine at most limit entries from the cursor and delete the expired ones; returns
+        how many were deleted. Does not count hits or misses.
+        """
+        cdef Py_ssize_t examined
+        cdef Py_ssize_t todo = min(limit, len(self._map))
+        cdef Py_ssize_t removed = 0
+        cdef PyObject* at
+        cdef _Node node
+        for examined in range(todo):
+            at = self._cursor
+            if at == <PyObject*>self._root:
+                at = self._root.next
+                if at == <PyObject*>self._root:
+                    break  # emptied meanwhile by code run from a freed value
+            node = <_Node>at
+            self._cursor = node.next
+            if node.expires_at <= now:
+                self._remove(node)
+                removed += 1
+            # Let go of it before the cursor is read again: freeing its value may run code
+            # that changes the cache, and must find the cursor already past this node.
+            node = None
+        return removed
+
+    def clear(self):
+        """clear() -> None
+
+        Drop every entry; the counters keep their lifetime totals.
+        """
+        cdef dict old = self._map
+        self._map = {}
+        self._root.prev = <PyObject*>self._root
+        self._root.next = <PyObject*>self._root
+        self._cursor = <PyObject*>self._root
+        self._bytes = 0
+        old.clear()  # values are released only now, with the cache already consistent
+
+    def __len__(self):
+        return len(self._map)
+
+    def __contains__(self, key):
+        """Presence regardless of TTL; not counted as a hit or a miss."""
+        return key in self._map
+
+    cdef inline void _append(self, _Node node) noexcept:
+        cdef _Node last = <_Node>self._root.prev
+        node.prev = <PyObject*>last
+        node.next = <PyObject*>self._root
+        last.next = <PyObject*>node
+        self._root.prev = <PyObject*>node
+
+    cdef inline void _unlink(self, _Node node) noexcept:
+        if self._cursor == <PyObject*>node:
+            self._cursor = node.next
+        (<_Node>node.prev).next = node.next
+        (<_Node>node.next).prev = node.prev
+        node.prev = NULL
+        node.next = NULL
+
+    cdef int _remove(self, _Node node) except -1:
+        # The caller's reference keeps node alive past the dict deletion, and the ring and
+        # the byte count are already consistent if freeing the value runs arbitrary code.
+        self._unlink(node)
+        self._bytes -= node.size
+        PyDict_DelItem(self._map, node.key)
+        return 0
+
+    @property
+    def hits(self):
+        """Lookups that returned a live value."""
+        return self._hits
+
+    @property
+    def misses(self):
+        """Lookups that found nothing or an expired entry."""
+        return self._misses
+
+    @property
+    def evictions(self):
+        """Entries dropped to respect max_entries or max_bytes."""
+        return self._evictions
+
+    @property
+    def max_entries(self):
+        return self._max_entries
+
+    @property
+    def max_bytes(self):
+        return self._max_bytes
+
+    @property
+    def bytes(self):
+        """Sum of the sizes of the stored entries."""
+        return self._bytes
