@@ -213,6 +213,10 @@ def _run_workers(config: Config, load_args: dict[str, Any]) -> int:
 def _worker_main(load_args: dict[str, Any], sockets: tuple[Sockets, Sockets | None],
                  shutdown: Any) -> None:
     config = load_config(**load_args)
+    for bound in sockets:
+        if bound is not None:
+            for sock in (*bound.secure_sockets, *bound.insecure_sockets):
+                sock.listen(1024)  # a spawned worker gets the bound socket, not its listen state
     log.threshold = {"debug": 10, "info": 20, "warning": 30, "error": 40}[config.server.log_level]
 
     async def trigger() -> None:

@@ -140,3 +140,19 @@ def test_sigterm_drains_slow_request_then_exits_zero(tmp_path: Path) -> None:
     finally:
         proc.stop()
         mock.stop()
+
+
+def test_two_workers_serve_and_drain(tmp_path: Path) -> None:
+    mock = MockUpstream(tmp_path)
+    proc = EdgeProcess(tmp_path, args=("--workers", "2"),
+                       env={"OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": f"{mock.url}/v1"})
+    try:
+        for i in range(10):
+            r = httpx.post(f"{proc.url}/v1/chat/completions", json={
+                "model": "gpt-4o", "messages": [{"role": "user", "content": f"w{i}"}]})
+            assert r.status_code == 200
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
+    finally:
+        proc.stop()
+        mock.stop()
