@@ -24,6 +24,7 @@ max_request_bytes = 65536
 
 [routing]
 max_attempts = 2
+breaker_failures = 1000   # this module injects failures on purpose; breakers have their own tests
 
 [[providers]]
 name = "mock"

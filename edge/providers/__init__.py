@@ -5,10 +5,11 @@ from __future__ import annotations
 import httpx
 
 from ..config import ProviderConfig
+from .anthropic import AnthropicProvider
 from .base import ChunkStream, Provider
 from .openai import OpenAIProvider
 
-KINDS: dict[str, type[Provider]] = {"openai": OpenAIProvider}
+KINDS: dict[str, type[Provider]] = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}
 
 __all__ = ["KINDS", "ChunkStream", "Provider", "make_provider"]
 

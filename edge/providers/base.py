@@ -171,12 +171,17 @@ class ChunkStream:
         self._raw = response.stream.__aiter__()  # type: ignore[union-attr]
         self._pending: list[dict[str, Any]] = []
         self._finished = False
+        # A decode error is raised only after the chunks decoded before it in the same
+        # network read have been handed out, so a client gets the text that preceded it.
+        self._error: UpstreamError | None = None
 
     def __aiter__(self) -> ChunkStream:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
         while not self._pending:
+            if self._error is not None:
+                raise self._error
             if self._finished:
                 raise StopAsyncIteration
             await self._fill()
@@ -207,8 +212,12 @@ class ChunkStream:
                     await self.aclose()
                     return
         except (SSEError, orjson.JSONDecodeError):
+            self._error = UpstreamError(f"provider {name} sent an invalid event stream")
+        except UpstreamError as error:
+            self._error = error
+        if self._error is not None:
+            self._finished = True
             await self.aclose()
-            raise UpstreamError(f"provider {name} sent an invalid event stream") from None
 
     async def aclose(self) -> None:
         await self.response.aclose()
