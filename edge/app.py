@@ -43,7 +43,7 @@ from .pricing import usage_tokens
 from .providers import ChunkStream
 from .routing import Deployment
 from .service import Edge, open_edge
-from .failover import run_attempts
+from .failover import Attempts
 from .sse import DONE, frame
 
 T = TypeVar("T")
@@ -109,18 +109,17 @@ _BYPASS = CachePolicy(b"bypass", lookup=False, store=False, ttl=None)
 class Call:
     """One validated completion request on its way through cache and upstream."""
 
-    __slots__ = ("req", "edge", "endpoint", "body", "raw", "candidates", "policy", "stream",
+    __slots__ = ("req", "edge", "endpoint", "body", "raw", "model", "policy", "stream",
                  "wants_usage")
 
     def __init__(self, req: Request, edge: Edge, endpoint: str, body: dict[str, Any],
-                 raw: bytes, candidates: tuple[Deployment, ...], policy: CachePolicy,
-                 stream: bool) -> None:
+                 raw: bytes, model: str, policy: CachePolicy, stream: bool) -> None:
         self.req = req
         self.edge = edge
         self.endpoint = endpoint
         self.body = body
         self.raw = raw
-        self.candidates = candidates
+        self.model = model
         self.policy = policy
         self.stream = stream
         options = body.get("stream_options")
@@ -204,7 +203,8 @@ class EdgeApp:
 
     async def send_error(self, req: Request, error: EdgeError) -> None:
         status, body = render(error, anthropic=req.anthropic)
-        headers = [*_JSON_HEADERS, *self.base_headers(req), *error.headers()]
+        headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(body)),
+                   *self.base_headers(req), *error.headers()]
         if isinstance(error, MethodNotAllowed):
             route = self._routes.get(req.scope["path"])
             if route is not None:
@@ -220,7 +220,9 @@ class EdgeApp:
 
     async def send_json(self, req: Request, status: int, body: bytes,
                         headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        all_headers = [*_JSON_HEADERS, (b"x-request-id", req.request_id)]
+        # Content-Length spares Hypercorn the chunked framing and its terminator write.
+        all_headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(body)),
+                       (b"x-request-id", req.request_id)]
         if headers:
             all_headers.extend(headers)
         req.status = status
@@ -351,13 +353,12 @@ class EdgeApp:
         raw = await self.read_body(req)
         body = schema.parse_object(raw)
         model = validate(body)
-        candidates = edge.router.candidates(model)
-        if not candidates:
+        if not edge.router.groups(model):
             raise NotFound(f"No configured provider serves the model '{model}'.", param="model",
                            code="model_not_found")
         policy = self.cache_policy(req, edge.cache)
         stream = endpoint == "chat" and body.get("stream") is True
-        call = Call(req, edge, endpoint, body, raw, candidates, policy, stream)
+        call = Call(req, edge, endpoint, body, raw, model, policy, stream)
         metrics = self.metrics
         metrics.inflight.inc()
         try:
@@ -469,11 +470,6 @@ class EdgeApp:
             (b"x-edge-cost-usd", b"0"),
         ])
 
-    def _on_failure(self, deployment: Deployment, error: UpstreamError) -> None:
-        self.metrics.child(self.metrics.provider_errors, deployment.provider.name, error.type).inc()
-        if error.retryable:
-            self.metrics.child(self.metrics.failovers, deployment.provider.name).inc()
-
     def _account(self, call: Call, dep: Deployment, usage: Any) -> float:
         """Tokens and cost of one upstream answer, into the metrics; returns the cost."""
         prompt, completion = usage_tokens(usage)
@@ -492,8 +488,9 @@ class EdgeApp:
                 time.perf_counter() - began)
             return answer
 
-        answer, dep = await run_attempts(call.candidates, attempt, call.edge.config.routing,
-                                         self._on_failure)
+        plan = call.edge.router.plan(call.model, body)
+        answer, dep = await Attempts(plan, attempt, call.edge.config.routing,
+                                     self.metrics).run()
         answer.pop("metadata", None)  # an upstream's own field would collide with ours
         cost = self._account(call, dep, answer.get("usage"))
         entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
@@ -530,8 +527,12 @@ class EdgeApp:
                 time.perf_counter() - began)
             return stream, first
 
-        (stream, first), dep = await run_attempts(call.candidates, attempt,
-                                                  call.edge.config.routing, self._on_failure)
+        async def discard(opened: tuple[ChunkStream, dict[str, Any]]) -> None:
+            await opened[0].aclose()
+
+        plan = call.edge.router.plan(call.model, body)
+        (stream, first), dep = await Attempts(plan, attempt, call.edge.config.routing,
+                                              self.metrics, discard).run()
         try:
             return await self._pump(call, dep, stream, first)
         finally:
@@ -599,7 +600,7 @@ class EdgeApp:
         usable = False
         if edge is not None:
             for name in edge.providers:
-                healthy = edge.provider_healthy(name)
+                healthy = edge.router.healthy(name)
                 usable = usable or healthy
                 providers[name] = {"configured": True, "healthy": healthy}
         status = "healthy" if usable and edge is not None and not edge.draining else (
