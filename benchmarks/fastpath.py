@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the hot path: compiled vs pure twin, and the L1 vs other LRUs.
+"""Micro-benchmarks of the hot path: compiled vs pure twin, the L1 vs other LRUs, and rank.
 
 Run: `python -m benchmarks.fastpath [--repeats N] [--target-ms MS]`
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import math
 import os
 import platform
 import statistics
@@ -46,6 +47,9 @@ EXPIRES = 1_000_000.0
 SCOPE = "tenant-7f3a"
 L1_ENTRIES = 10_000
 ENTRY_BYTES = 2_000
+PROMPT_CHARS = 4_000  # what `rank` is told about the request: ~1000 prompt tokens
+MAX_TOKENS = 256
+COOLDOWN_S = 30.0
 
 
 def chat_request(turns: int, words_per_turn: int) -> dict[str, Any]:
@@ -143,6 +147,38 @@ def _loop_setitem(mapping: Any, keys: list[str], value: object) -> int:
     for key in keys:
         mapping[key] = value
     return time.perf_counter_ns() - start
+
+
+def _loop_rank(
+    rank: Callable[..., list[int]], strategy: int, stats: Any, breakers: Any, n: int
+) -> int:
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, n):
+        rank(strategy, stats, breakers, NOW, PROMPT_CHARS, MAX_TOKENS, COOLDOWN_S)
+    return time.perf_counter_ns() - start
+
+
+def routing_candidates(mod: Any, n: int) -> tuple[list[Any], list[Any]]:
+    """`n` (2 or 6) deployments as a request sees them, so every ordering has work to do.
+
+    Config order is not price or latency order; with 6, one price is unknown, two
+    deployments share a provider whose last attempt failed a moment ago, and one provider's
+    circuit is open (skipped).
+    """
+    prices = [(2.5, 10.0), (0.15, 0.6), (3.0, 15.0), (math.nan, math.nan), (0.8, 4.0), (0.25, 1.25)]
+    ttfbs = [0.9, 0.35, 1.4, 0.6, 0.5, 0.2]
+    stats = []
+    for (input_price, output_price), ttfb in zip(prices[:n], ttfbs[:n], strict=True):
+        stat = mod.DeploymentStats(input_price, output_price)
+        for scale in (1.2, 0.9, 1.0):
+            stat.observe(ttfb * scale)
+        stats.append(stat)
+    healthy, flaky, down = (mod.Breaker(5, COOLDOWN_S) for _ in range(3))
+    flaky.failure(NOW - 1.0)
+    for _ in range(5):
+        down.failure(NOW - 1.0)
+    breakers = [healthy, healthy] if n == 2 else [healthy, flaky, down, healthy, flaky, healthy]
+    return stats, breakers
 
 
 @dataclass
@@ -328,6 +364,31 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     groups += [get_cases, put_cases, both_cases]
+
+    for strategy_name, strategy in (
+        ("cost", pure.STRATEGY_COST),
+        ("latency", pure.STRATEGY_LATENCY),
+    ):
+        for n in (2, 6):
+            label = f"rank {strategy_name}, {n} cands"
+            rank_cases = []
+            for name, mod in impls:
+                if mod is None:
+                    rank_cases.append(Case(label, name, None, missing[name]))
+                    continue
+                stats, breakers = routing_candidates(mod, n)
+                order = mod.rank(
+                    strategy, stats, breakers, NOW, PROMPT_CHARS, MAX_TOKENS, COOLDOWN_S
+                )
+                rank_cases.append(
+                    Case(
+                        label,
+                        name,
+                        partial(_loop_rank, mod.rank, strategy, stats, breakers),
+                        f"order {order}",
+                    )
+                )
+            groups.append(rank_cases)
 
     for cases in groups:
         measure(cases, args.repeats, args.target_ms)

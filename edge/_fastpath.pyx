@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""Compiled hot path: the request key (canonical form + xxh3-128) and the L1 LRU.
+"""Compiled hot path: the request key (canonical form + xxh3-128), the L1 LRU, routing scores.
 
 Same API and byte-identical output as `edge._fastpath_py`, which is the oracle and the
 fallback. Speed comes from three things: the canonical form is written into one C buffer
@@ -56,7 +56,25 @@ cdef extern from "Python.h":
     void PyErr_Clear()
     object PyNumber_Index(object o)
 
-__all__ = ["EXCLUDED_FIELDS", "MAX_DEPTH", "LRUCache", "cache_key", "canonical"]
+__all__ = [
+    "BREAKER_CLOSED",
+    "BREAKER_HALF_OPEN",
+    "BREAKER_OPEN",
+    "EXCLUDED_FIELDS",
+    "MAX_DEPTH",
+    "PROBE_RETRY_S",
+    "STRATEGY_COST",
+    "STRATEGY_FAILOVER",
+    "STRATEGY_LATENCY",
+    "STRATEGY_MODEL",
+    "Breaker",
+    "DeploymentStats",
+    "LRUCache",
+    "cache_key",
+    "canonical",
+    "rank",
+    "retry_after_all",
+]
 
 #: Top-level request fields that never change the answer, so they stay out of the key.
 EXCLUDED_FIELDS = frozenset({"stream", "stream_options", "user"})
@@ -738,3 +756,389 @@ cdef class LRUCache:
     def bytes(self):
         """Sum of the sizes of the stored entries."""
         return self._bytes
+
+
+# ---------------------------------------------------------------------------------------
+# Routing scores: circuit breakers, per-deployment stats, and the candidate order
+# ---------------------------------------------------------------------------------------
+#
+# The same state machines and arithmetic as the twin, operation for operation, so the two
+# agree to the last bit (see the twin for the theory of operation). `rank` runs once per
+# request over a short list (a model's deployments plus fallbacks, rarely over ~16): it
+# reads C fields of the final classes directly and insertion-sorts C structs on the stack.
+
+from cpython.sequence cimport (
+    PySequence_Fast,
+    PySequence_Fast_GET_SIZE,
+    PySequence_Fast_ITEMS,
+)
+from libc.math cimport INFINITY, NAN, isnan
+
+STRATEGY_MODEL = 0
+STRATEGY_FAILOVER = 1
+STRATEGY_COST = 2
+STRATEGY_LATENCY = 3
+
+BREAKER_CLOSED = 0
+BREAKER_OPEN = 1
+BREAKER_HALF_OPEN = 2
+
+#: Retry-After when the only thing in the way is a half-open probe still out.
+PROBE_RETRY_S = 1.0
+
+cdef enum:
+    _MODEL = 0
+    _FAILOVER = 1
+    _COST = 2
+    _LATENCY = 3
+    _CLOSED = 0
+    _OPEN = 1
+    _HALF_OPEN = 2
+    _STACK_SLOTS = 32  # candidate lists longer than this sort on the heap
+
+cdef double _PROBE_RETRY_S = PROBE_RETRY_S
+
+
+@cython.final
+cdef class Breaker:
+    """Breaker(failures: int, cooldown_s: float)
+
+    One provider's circuit breaker: CLOSED until `failures` consecutive failures open it;
+    OPEN while now < opened_at + cooldown_s, then HALF_OPEN (by the clock alone), where one
+    probe attempt may go through. Probe success closes it, probe failure re-opens it.
+    """
+
+    cdef long long _failures
+    cdef double _cooldown_s
+    cdef long long _consecutive
+    cdef double _last_failure_at
+    cdef double _opened_at
+    cdef bint _open
+    cdef bint _probing
+
+    def __cinit__(self, failures, double cooldown_s):
+        cdef long long n = _as_count(failures)
+        if n < 1:
+            raise ValueError(f"failures must be >= 1, got {n}")
+        if not (isfinite(cooldown_s) and cooldown_s >= 0.0):
+            raise ValueError(f"cooldown_s must be finite and >= 0, got {cooldown_s}")
+        self._failures = n
+        self._cooldown_s = cooldown_s
+        self._consecutive = 0
+        self._last_failure_at = -INFINITY
+        self._opened_at = -INFINITY
+        self._open = False
+        self._probing = False
+
+    cdef inline int _state(self, double now) noexcept:
+        if not self._open:
+            return _CLOSED
+        if now < self._opened_at + self._cooldown_s:
+            return _OPEN
+        return _HALF_OPEN
+
+    cdef inline bint _blocked(self, double now) noexcept:
+        cdef int state = self._state(now)
+        return state == _OPEN or (state == _HALF_OPEN and self._probing)
+
+    def state(self, double now):
+        """state(now: float) -> int
+
+        BREAKER_CLOSED, BREAKER_OPEN or BREAKER_HALF_OPEN at time now.
+        """
+        return self._state(now)
+
+    def blocked(self, double now):
+        """blocked(now: float) -> bool
+
+        True when no request may use the provider now: open, or its one probe is out.
+        """
+        return self._blocked(now)
+
+    def acquire(self, double now):
+        """acquire(now: float) -> bool
+
+        Ask to make an attempt right now (closed, or take the half-open probe); False
+        means skip this provider.
+        """
+        cdef int state = self._state(now)
+        if state == _CLOSED:
+            return True
+        if state == _HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self, double now):
+        """success(now: float) -> None
+
+        An attempt succeeded: close the circuit and forget the failures.
+        """
+        self._open = False
+        self._consecutive = 0
+        self._probing = False
+
+    def failure(self, double now):
+        """failure(now: float) -> None
+
+        An attempt failed: count it; a failed probe, or the last straw, opens the circuit.
+        """
+        cdef int state = self._state(now)
+        self._consecutive += 1
+        self._last_failure_at = now
+        self._probing = False
+        if state == _HALF_OPEN or (state == _CLOSED and self._consecutive >= self._failures):
+            self._open = True
+            self._opened_at = now
+
+    def release(self, double now):
+        """release(now: float) -> None
+
+        The probe was cancelled without an outcome: let another request probe.
+        """
+        self._probing = False
+
+    def retry_after(self, double now):
+        """retry_after(now: float) -> float
+
+        Seconds until the circuit half-opens; 0.0 unless it is open.
+        """
+        if self._state(now) != _OPEN:
+            return 0.0
+        return self._opened_at + self._cooldown_s - now
+
+    @property
+    def failures(self):
+        """Consecutive failures that open the circuit."""
+        return self._failures
+
+    @property
+    def cooldown_s(self):
+        return self._cooldown_s
+
+    @property
+    def consecutive(self):
+        """Failures since the last success."""
+        return self._consecutive
+
+    @property
+    def last_failure_at(self):
+        """Time of the last failure; -inf if none yet."""
+        return self._last_failure_at
+
+    @property
+    def opened_at(self):
+        """Time the circuit last opened; -inf if never."""
+        return self._opened_at
+
+    @property
+    def probing(self):
+        """Whether the half-open probe is out."""
+        return self._probing
+
+
+cdef inline bint _valid_price(double price) noexcept:
+    return isnan(price) or (isfinite(price) and price >= 0.0)
+
+
+@cython.final
+cdef class DeploymentStats:
+    """DeploymentStats(input_per_mtok: float, output_per_mtok: float, alpha: float = 0.3)
+
+    One deployment's prices (USD per million tokens, NaN if unknown) and the exponentially
+    weighted average of its time to first byte.
+    """
+
+    cdef double _input_per_mtok
+    cdef double _output_per_mtok
+    cdef double _alpha
+    cdef double _ewma
+    cdef long long _samples
+
+    def __cinit__(self, double input_per_mtok, double output_per_mtok, double alpha=0.3):
+        if not _valid_price(input_per_mtok):
+            raise ValueError(
+                f"input_per_mtok must be finite and >= 0, or NaN if unknown; got {input_per_mtok}"
+            )
+        if not _valid_price(output_per_mtok):
+            raise ValueError(
+                f"output_per_mtok must be finite and >= 0, or NaN if unknown; got {output_per_mtok}"
+            )
+        if not (0.0 < alpha <= 1.0):
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self._input_per_mtok = input_per_mtok
+        self._output_per_mtok = output_per_mtok
+        self._alpha = alpha
+        self._ewma = NAN
+        self._samples = 0
+
+    def observe(self, double ttfb_s):
+        """observe(ttfb_s: float) -> None
+
+        Fold one time-to-first-byte sample (seconds) into the average.
+        """
+        if not (isfinite(ttfb_s) and ttfb_s >= 0.0):
+            raise ValueError(f"ttfb_s must be finite and >= 0, got {ttfb_s}")
+        if self._samples == 0:
+            self._ewma = ttfb_s
+        else:
+            self._ewma = self._alpha * ttfb_s + (1.0 - self._alpha) * self._ewma
+        self._samples += 1
+
+    cdef inline double _estimate(self, long long prompt_chars, long long max_tokens) noexcept:
+        cdef double prompt = <double>prompt_chars / 4.0 * self._input_per_mtok
+        return (prompt + <double>max_tokens * self._output_per_mtok) / 1e6
+
+    def estimate(self, prompt_chars, max_tokens):
+        """estimate(prompt_chars: int, max_tokens: int) -> float
+
+        Worst-case USD for a request (prompt at ~4 characters a token, plus max_tokens);
+        NaN when either price is unknown.
+        """
+        cdef long long chars = _as_count(prompt_chars)
+        cdef long long tokens = _as_count(max_tokens)
+        if chars < 0 or tokens < 0:
+            raise ValueError("prompt_chars and max_tokens must be >= 0")
+        return self._estimate(chars, tokens)
+
+    @property
+    def ewma(self):
+        """Average time to first byte in seconds; NaN until the first sample."""
+        return self._ewma
+
+    @property
+    def samples(self):
+        return self._samples
+
+    @property
+    def alpha(self):
+        return self._alpha
+
+    @property
+    def input_per_mtok(self):
+        return self._input_per_mtok
+
+    @property
+    def output_per_mtok(self):
+        return self._output_per_mtok
+
+
+cdef struct _Slot:
+    Py_ssize_t index
+    int group
+    double value
+
+
+def rank(strategy, stats, breakers, double now, prompt_chars, max_tokens, double cooldown_s):
+    """rank(strategy: int, stats: Sequence[DeploymentStats], breakers: Sequence[Breaker],
+            now: float, prompt_chars: int, max_tokens: int, cooldown_s: float) -> list[int]
+
+    The candidates to try, as indexes, best first; blocked ones left out. Ordered by a
+    (group, value) pair per strategy, ties in index order (see the twin).
+    """
+    cdef object stat_seq
+    cdef object breaker_seq
+    cdef PyObject** stat_items
+    cdef PyObject** breaker_items
+    cdef Py_ssize_t n, i, j, count = 0
+    cdef _Slot small[_STACK_SLOTS]
+    cdef _Slot* slots = small
+    cdef _Slot slot
+    cdef Breaker breaker
+    cdef DeploymentStats stat
+    cdef double estimate
+    # Integer arguments go through __index__, as in the twin: a float is a TypeError here,
+    # not silently truncated.
+    cdef long long how = _as_count(strategy)
+    cdef long long chars = _as_count(prompt_chars)
+    cdef long long tokens = _as_count(max_tokens)
+    if how < _MODEL or how > _LATENCY:
+        raise ValueError(f"unknown strategy {how}")
+    stat_seq = PySequence_Fast(stats, "stats must be a sequence")
+    breaker_seq = PySequence_Fast(breakers, "breakers must be a sequence")
+    n = PySequence_Fast_GET_SIZE(stat_seq)
+    if PySequence_Fast_GET_SIZE(breaker_seq) != n:
+        raise ValueError(f"{n} stats but {PySequence_Fast_GET_SIZE(breaker_seq)} breakers")
+    if chars < 0 or tokens < 0:
+        raise ValueError("prompt_chars and max_tokens must be >= 0")
+    stat_items = PySequence_Fast_ITEMS(stat_seq)
+    breaker_items = PySequence_Fast_ITEMS(breaker_seq)
+    for i in range(n):  # check every item first: the loop below then runs no Python code
+        if type(<object>stat_items[i]) is not DeploymentStats:
+            raise TypeError(
+                f"stats must hold DeploymentStats, not {type(<object>stat_items[i]).__name__}"
+            )
+        if type(<object>breaker_items[i]) is not Breaker:
+            raise TypeError(
+                f"breakers must hold Breaker, not {type(<object>breaker_items[i]).__name__}"
+            )
+    if n > _STACK_SLOTS:
+        slots = <_Slot*>PyMem_Malloc(<size_t>n * sizeof(_Slot))
+        if slots == NULL:
+            raise MemoryError()
+    try:
+        for i in range(n):
+            breaker = <Breaker>breaker_items[i]
+            if breaker._blocked(now):
+                continue
+            slot.index = i
+            slot.group = 0
+            slot.value = 0.0
+            if how == _FAILOVER:
+                if (breaker._state(now) != _CLOSED
+                        or now - breaker._last_failure_at < cooldown_s):
+                    slot.group = 1
+            elif how == _COST:
+                stat = <DeploymentStats>stat_items[i]
+                estimate = stat._estimate(chars, tokens)
+                if isnan(estimate):
+                    slot.group = 1
+                else:
+                    slot.value = estimate
+            elif how == _LATENCY:
+                stat = <DeploymentStats>stat_items[i]
+                if stat._samples != 0:
+                    slot.group = 1
+                    slot.value = stat._ewma
+            # Insertion in index order, shifting only strictly greater keys: stable.
+            j = count - 1
+            while j >= 0 and (slots[j].group > slot.group
+                              or (slots[j].group == slot.group and slots[j].value > slot.value)):
+                slots[j + 1] = slots[j]
+                j -= 1
+            slots[j + 1] = slot
+            count += 1
+        return [slots[i].index for i in range(count)]
+    finally:
+        if slots != small:
+            PyMem_Free(slots)
+
+
+def retry_after_all(breakers, double now):
+    """retry_after_all(breakers: Sequence[Breaker], now: float) -> float
+
+    Seconds until some candidate may be tried again (a 503's Retry-After): 0.0 if one is
+    usable now or there are none; else the soonest an open breaker half-opens, or
+    PROBE_RETRY_S if that is sooner and a half-open probe is out.
+    """
+    cdef object seq = PySequence_Fast(breakers, "breakers must be a sequence")
+    cdef PyObject** items = PySequence_Fast_ITEMS(seq)
+    cdef Py_ssize_t i
+    cdef Breaker breaker
+    cdef int state
+    cdef double wait = INFINITY
+    cdef double here
+    for i in range(PySequence_Fast_GET_SIZE(seq)):
+        if type(<object>items[i]) is not Breaker:
+            raise TypeError(f"breakers must hold Breaker, not {type(<object>items[i]).__name__}")
+        breaker = <Breaker>items[i]
+        state = breaker._state(now)
+        if state == _OPEN:
+            here = breaker._opened_at + breaker._cooldown_s - now
+        elif breaker._blocked(now):
+            here = _PROBE_RETRY_S
+        else:
+            return 0.0
+        if here < wait:
+            wait = here
+    return 0.0 if wait == INFINITY else wait

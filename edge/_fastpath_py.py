@@ -1,4 +1,4 @@
-"""Pure-Python twin of `edge._fastpath`: the request key and the L1 LRU.
+"""Pure-Python twin of `edge._fastpath`: the request key, the L1 LRU and routing scores.
 
 This module is the oracle. The Cython module must produce byte-identical `canonical()`
 output and behave identically for every operation here; the tests run both and compare.
@@ -10,12 +10,30 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import xxhash
 
-__all__ = ["EXCLUDED_FIELDS", "MAX_DEPTH", "LRUCache", "cache_key", "canonical"]
+__all__ = [
+    "BREAKER_CLOSED",
+    "BREAKER_HALF_OPEN",
+    "BREAKER_OPEN",
+    "EXCLUDED_FIELDS",
+    "MAX_DEPTH",
+    "PROBE_RETRY_S",
+    "STRATEGY_COST",
+    "STRATEGY_FAILOVER",
+    "STRATEGY_LATENCY",
+    "STRATEGY_MODEL",
+    "Breaker",
+    "DeploymentStats",
+    "LRUCache",
+    "cache_key",
+    "canonical",
+    "rank",
+    "retry_after_all",
+]
 
 #: Top-level request fields that never change the answer, so they stay out of the key.
 EXCLUDED_FIELDS: frozenset[str] = frozenset({"stream", "stream_options", "user"})
@@ -298,3 +316,290 @@ class LRUCache:
         self._unlink(node)
         self._bytes -= node.size
         del self._map[node.key]
+
+
+# ---------------------------------------------------------------------------------------
+# Routing scores: circuit breakers, per-deployment stats, and the candidate order
+# ---------------------------------------------------------------------------------------
+
+STRATEGY_MODEL = 0
+STRATEGY_FAILOVER = 1
+STRATEGY_COST = 2
+STRATEGY_LATENCY = 3
+
+BREAKER_CLOSED = 0
+BREAKER_OPEN = 1
+BREAKER_HALF_OPEN = 2
+
+#: Retry-After when the only thing in the way is a half-open probe still out: the probe's
+#: outcome, not a clock, decides when the provider is usable again, so ask for a short wait.
+PROBE_RETRY_S = 1.0
+
+_STRATEGIES = (STRATEGY_MODEL, STRATEGY_FAILOVER, STRATEGY_COST, STRATEGY_LATENCY)
+
+
+class Breaker:
+    """One provider's circuit breaker.
+
+    Theory of operation. The breaker is CLOSED until `failures` consecutive failures open
+    it at `opened_at`. It is then OPEN while `now < opened_at + cooldown_s` and HALF_OPEN
+    afterwards: nothing but the clock moves it there, so a breaker needs no timer task.
+    HALF_OPEN lets exactly one attempt through (the probe, taken by `acquire`); while the
+    probe is out the provider is blocked. The probe's success closes the circuit, its
+    failure re-opens it with a fresh cooldown, and `release` (the attempt was cancelled,
+    so it proved nothing) lets the next request probe instead.
+
+    Invariants: `probing` implies HALF_OPEN (only `acquire` in HALF_OPEN sets it, and every
+    outcome clears it); `opened_at` is the last time the circuit opened (-inf if never);
+    `consecutive` counts failures since the last success, whatever the state.
+    """
+
+    __slots__ = (
+        "_failures",
+        "_cooldown_s",
+        "_consecutive",
+        "_last_failure_at",
+        "_opened_at",
+        "_open",
+        "_probing",
+    )
+
+    def __init__(self, failures: int, cooldown_s: float) -> None:
+        failures = operator.index(failures)
+        cooldown_s = float(cooldown_s)
+        if failures < 1:
+            raise ValueError(f"failures must be >= 1, got {failures}")
+        if not (math.isfinite(cooldown_s) and cooldown_s >= 0.0):
+            raise ValueError(f"cooldown_s must be finite and >= 0, got {cooldown_s}")
+        self._failures = failures
+        self._cooldown_s = cooldown_s
+        self._consecutive = 0
+        self._last_failure_at = -math.inf
+        self._opened_at = -math.inf
+        self._open = False
+        self._probing = False
+
+    def state(self, now: float) -> int:
+        """BREAKER_CLOSED, BREAKER_OPEN or BREAKER_HALF_OPEN at time `now`."""
+        if not self._open:
+            return BREAKER_CLOSED
+        if now < self._opened_at + self._cooldown_s:
+            return BREAKER_OPEN
+        return BREAKER_HALF_OPEN
+
+    def blocked(self, now: float) -> bool:
+        """True when no request may use the provider now: open, or its one probe is out."""
+        state = self.state(now)
+        return state == BREAKER_OPEN or (state == BREAKER_HALF_OPEN and self._probing)
+
+    def acquire(self, now: float) -> bool:
+        """Ask to make an attempt right now; False means skip this provider.
+
+        Called right before each attempt, because `rank` only reads the state: two requests
+        may both see a half-open breaker, and only the first may take the probe.
+        """
+        state = self.state(now)
+        if state == BREAKER_CLOSED:
+            return True
+        if state == BREAKER_HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self, now: float) -> None:
+        """An attempt succeeded: close the circuit and forget the failures."""
+        self._open = False
+        self._consecutive = 0
+        self._probing = False
+
+    def failure(self, now: float) -> None:
+        """An attempt failed: count it; a failed probe, or the last straw, opens the circuit."""
+        state = self.state(now)
+        self._consecutive += 1
+        self._last_failure_at = now
+        self._probing = False
+        if state == BREAKER_HALF_OPEN or (
+            state == BREAKER_CLOSED and self._consecutive >= self._failures
+        ):
+            self._open = True
+            self._opened_at = now
+
+    def release(self, now: float) -> None:
+        """The probe was cancelled without an outcome: let another request probe."""
+        self._probing = False
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until the circuit half-opens; 0.0 unless it is open."""
+        if self.state(now) != BREAKER_OPEN:
+            return 0.0
+        return self._opened_at + self._cooldown_s - now
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures that open the circuit."""
+        return self._failures
+
+    @property
+    def cooldown_s(self) -> float:
+        return self._cooldown_s
+
+    @property
+    def consecutive(self) -> int:
+        """Failures since the last success."""
+        return self._consecutive
+
+    @property
+    def last_failure_at(self) -> float:
+        """Time of the last failure; -inf if none yet."""
+        return self._last_failure_at
+
+    @property
+    def opened_at(self) -> float:
+        """Time the circuit last opened; -inf if never."""
+        return self._opened_at
+
+    @property
+    def probing(self) -> bool:
+        """Whether the half-open probe is out."""
+        return self._probing
+
+
+class DeploymentStats:
+    """What the router knows about one deployment: its prices and recent time to first byte.
+
+    The latency is an exponentially weighted moving average, so a deployment that slows
+    down (or recovers) moves in the order within a few requests, not after a window.
+    """
+
+    __slots__ = ("_input_per_mtok", "_output_per_mtok", "_alpha", "_ewma", "_samples")
+
+    def __init__(self, input_per_mtok: float, output_per_mtok: float, alpha: float = 0.3) -> None:
+        input_per_mtok = float(input_per_mtok)
+        output_per_mtok = float(output_per_mtok)
+        alpha = float(alpha)
+        prices = (("input_per_mtok", input_per_mtok), ("output_per_mtok", output_per_mtok))
+        for name, price in prices:
+            if not (math.isnan(price) or (math.isfinite(price) and price >= 0.0)):
+                raise ValueError(f"{name} must be finite and >= 0, or NaN if unknown; got {price}")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self._input_per_mtok = input_per_mtok
+        self._output_per_mtok = output_per_mtok
+        self._alpha = alpha
+        self._ewma = math.nan
+        self._samples = 0
+
+    def observe(self, ttfb_s: float) -> None:
+        """Fold one time-to-first-byte sample (seconds) into the average."""
+        ttfb_s = float(ttfb_s)
+        if not (math.isfinite(ttfb_s) and ttfb_s >= 0.0):
+            # One NaN would stick in the average for good, so refuse it at the door.
+            raise ValueError(f"ttfb_s must be finite and >= 0, got {ttfb_s}")
+        if self._samples == 0:
+            self._ewma = ttfb_s
+        else:
+            self._ewma = self._alpha * ttfb_s + (1.0 - self._alpha) * self._ewma
+        self._samples += 1
+
+    def estimate(self, prompt_chars: int, max_tokens: int) -> float:
+        """Worst-case USD for a request: prompt at ~4 characters a token, plus max_tokens.
+
+        NaN when either price is unknown. Only the order matters to `rank`, so a rough
+        token count of the prompt is enough.
+        """
+        prompt_chars = operator.index(prompt_chars)
+        max_tokens = operator.index(max_tokens)
+        if prompt_chars < 0 or max_tokens < 0:
+            raise ValueError("prompt_chars and max_tokens must be >= 0")
+        prompt = float(prompt_chars) / 4.0 * self._input_per_mtok
+        return (prompt + float(max_tokens) * self._output_per_mtok) / 1e6
+
+    @property
+    def ewma(self) -> float:
+        """Average time to first byte in seconds; NaN until the first sample."""
+        return self._ewma
+
+    @property
+    def samples(self) -> int:
+        return self._samples
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @property
+    def input_per_mtok(self) -> float:
+        return self._input_per_mtok
+
+    @property
+    def output_per_mtok(self) -> float:
+        return self._output_per_mtok
+
+
+def rank(
+    strategy: int,
+    stats: Sequence[DeploymentStats],
+    breakers: Sequence[Breaker],
+    now: float,
+    prompt_chars: int,
+    max_tokens: int,
+    cooldown_s: float,
+) -> list[int]:
+    """The candidates to try, as indexes into `stats`/`breakers`, best first.
+
+    Candidate i is described by stats[i] and breakers[i] (candidates on one provider share
+    a Breaker). Candidates whose breaker is blocked are left out, so [] means none may be
+    tried now. The rest are ordered by a (group, value) pair per strategy, ties in config
+    (index) order:
+      MODEL     every candidate alike: config order.
+      FAILOVER  group 1 for a breaker not closed or a failure less than cooldown_s ago.
+      COST      the estimate; group 1 (last) when a price is unknown.
+      LATENCY   group 0 (first) for a deployment never measured, so each gets measured;
+                then the EWMA of time to first byte.
+    Reading only: no breaker changes (see Breaker.acquire).
+    """
+    strategy = operator.index(strategy)
+    prompt_chars = operator.index(prompt_chars)
+    max_tokens = operator.index(max_tokens)
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy}")
+    if len(stats) != len(breakers):
+        raise ValueError(f"{len(stats)} stats but {len(breakers)} breakers")
+    if prompt_chars < 0 or max_tokens < 0:
+        raise ValueError("prompt_chars and max_tokens must be >= 0")
+    keyed: list[tuple[int, float, int]] = []
+    for index, (stat, breaker) in enumerate(zip(stats, breakers, strict=True)):
+        if breaker.blocked(now):
+            continue
+        group, value = 0, 0.0
+        if strategy == STRATEGY_FAILOVER:
+            recent = now - breaker.last_failure_at < cooldown_s
+            group = int(breaker.state(now) != BREAKER_CLOSED or recent)
+        elif strategy == STRATEGY_COST:
+            value = stat.estimate(prompt_chars, max_tokens)
+            if math.isnan(value):
+                group, value = 1, 0.0
+        elif strategy == STRATEGY_LATENCY:
+            if stat.samples:
+                group, value = 1, stat.ewma
+        keyed.append((group, value, index))
+    keyed.sort()
+    return [index for _, _, index in keyed]
+
+
+def retry_after_all(breakers: Sequence[Breaker], now: float) -> float:
+    """Seconds until some candidate may be tried again: the Retry-After of a 503.
+
+    0.0 if one is usable now (or there are none); else the soonest an open breaker
+    half-opens, or PROBE_RETRY_S if that is sooner and a half-open probe is out.
+    """
+    wait = math.inf
+    for breaker in breakers:
+        state = breaker.state(now)
+        if state == BREAKER_OPEN:
+            wait = min(wait, breaker.retry_after(now))
+        elif breaker.blocked(now):
+            wait = min(wait, PROBE_RETRY_S)
+        else:
+            return 0.0
+    return 0.0 if wait == math.inf else wait

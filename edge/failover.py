@@ -1,19 +1,38 @@
-"""Attempts: walk the candidates, retry what `retry_on` allows, give up with one clear error.
+"""Attempts: walk the plan, retry what `retry_on` allows, hedge, give up with one clear error.
 
-This is the one place where "try this candidate" happens. Attempts walk the candidate list
-in order and wrap round to the first after a backoff that honours Retry-After (capped).
-A non-retryable upstream answer (a 400 for a bad parameter, say) is returned at once.
+This is the one place where "try this candidate" happens.
+
+Theory of operation
+-------------------
+The plan is the ranked candidate list (`Router.plan`). Attempts walk it in order and wrap
+round to the first after a backoff that honours Retry-After (capped), up to
+`max_attempts`. Each attempt first asks the provider's breaker (`acquire`): a provider
+whose circuit opened meanwhile is skipped without counting, and a half-open one admits a
+single probe. The outcome feeds the breaker and the deployment's latency EWMA.
+
+Only retryable failures move on (statuses in `retry_on`, connection errors, timeouts); an
+upstream answer such as a 400 for a bad parameter is returned to the client at once and
+counts as the provider being up.
+
+Hedging (`hedge_after_ms > 0`): if the running attempt has produced nothing in that time,
+the next candidate starts beside it in the same nursery; the first good answer wins and
+cancelling the nursery cancels the others, which closes their upstream connections. A
+successful answer that lost the race is handed to `discard` (a stream must be closed).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
 from .config import RoutingConfig
-from .errors import UpstreamError, UpstreamStatus
+from .errors import EdgeError, ServiceUnavailable, UpstreamError, UpstreamStatus
+from .fastpath import BREAKER_CLOSED
+from .metrics import Metrics
 from .routing import Deployment
 
 T = TypeVar("T")
@@ -22,43 +41,186 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 
 
-async def run_attempts(
-    candidates: Sequence[Deployment],
-    attempt: Callable[[Deployment], Awaitable[T]],
-    routing: RoutingConfig,
-    on_failure: Callable[[Deployment, UpstreamError], None] | None = None,
-) -> tuple[T, Deployment]:
-    """Return the first good answer and who gave it, or raise the error the client should see."""
-    last: UpstreamError | None = None
-    total = max(1, routing.max_attempts)
-    for number in range(total):
-        deployment = candidates[number % len(candidates)]
-        if number and number % len(candidates) == 0:
-            await trio.sleep(_backoff(number // len(candidates), last))
+class Attempts(Generic[T]):
+    """One request's attempts over a plan; `run()` returns (answer, deployment)."""
+
+    def __init__(
+        self,
+        plan: Sequence[Deployment],
+        attempt: Callable[[Deployment], Awaitable[T]],
+        routing: RoutingConfig,
+        metrics: Metrics,
+        discard: Callable[[T], Awaitable[None]] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.attempt = attempt
+        self.routing = routing
+        self.metrics = metrics
+        self.discard = discard
+        self.last: UpstreamError | None = None
+        self.started = 0
+
+    async def run(self) -> tuple[T, Deployment]:
+        if self.routing.hedge_after_ms > 0 and len(self.plan) > 1:
+            return await self._race()
+        return await self._sequential()
+
+    # -- one attempt, with the breaker and stats bookkeeping -------------------------
+
+    async def _try(self, dep: Deployment) -> T:
+        began = time.monotonic()
         try:
-            return await attempt(deployment), deployment
+            answer = await self.attempt(dep)
         except UpstreamError as error:
-            if on_failure is not None:
-                on_failure(deployment, error)
-            if not error.retryable:
-                raise
-            last = error
-    assert last is not None
-    raise _exhausted(last, total)
+            self._failed(dep, error)
+            raise
+        except BaseException:
+            dep.breaker.release(time.monotonic())  # cancelled: no verdict on the provider
+            raise
+        now = time.monotonic()
+        dep.stats.observe(now - began)
+        dep.breaker.success(now)
+        self._circuit_gauge(dep, now)
+        return answer
 
+    def _failed(self, dep: Deployment, error: UpstreamError) -> None:
+        now = time.monotonic()
+        m = self.metrics
+        m.child(m.provider_errors, dep.provider.name, error.type).inc()
+        if error.retryable:
+            dep.breaker.failure(now)
+        else:
+            dep.breaker.success(now)  # it answered; the request was at fault
+        self._circuit_gauge(dep, now)
 
-def _backoff(round_number: int, last: UpstreamError | None) -> float:
-    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (round_number - 1)))
-    if last is not None and last.retry_after is not None:
-        delay = max(delay, min(BACKOFF_CAP_S, last.retry_after))
-    return delay
+    def _circuit_gauge(self, dep: Deployment, now: float) -> None:
+        m = self.metrics
+        opened = dep.breaker.state(now) != BREAKER_CLOSED
+        m.child(m.circuit_open, dep.provider.name).set(1 if opened else 0)
 
+    def _next(self) -> Deployment | None:
+        """The next candidate whose breaker admits an attempt, or None when none is left."""
+        total = max(1, self.routing.max_attempts)
+        skipped = 0
+        while self.started < total and skipped < len(self.plan):
+            dep = self.plan[self.started % len(self.plan)]
+            if dep.breaker.acquire(time.monotonic()):
+                return dep
+            skipped += 1
+            self.started += 1  # a blocked candidate uses up its turn
+        return None
 
-def _exhausted(last: UpstreamError, attempts: int) -> UpstreamError:
-    """The error after the last attempt: 429 stays 429 (with Retry-After), 5xx become 502."""
-    if isinstance(last, UpstreamStatus) and last.status >= 500:
-        return UpstreamError(
-            f"upstream failed after {attempts} attempt(s): {last.message}",
-            code="upstream_failed",
-        )
-    return last
+    def _wraps(self) -> bool:
+        return self.started > 0 and self.started % len(self.plan) == 0
+
+    def _backoff(self) -> float:
+        round_number = self.started // len(self.plan)
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (round_number - 1)))
+        if self.last is not None and self.last.retry_after is not None:
+            delay = max(delay, min(BACKOFF_CAP_S, self.last.retry_after))
+        return delay
+
+    def _moved_on(self, dep: Deployment) -> None:
+        m = self.metrics
+        m.child(m.failovers, dep.provider.name).inc()
+
+    # -- strategies ------------------------------------------------------------------
+
+    async def _sequential(self) -> tuple[T, Deployment]:
+        while True:
+            if self._wraps() and self.last is not None:
+                await trio.sleep(self._backoff())
+            dep = self._next()
+            if dep is None:
+                raise self._exhausted()
+            self.started += 1
+            try:
+                return await self._try(dep), dep
+            except UpstreamError as error:
+                if not error.retryable:
+                    raise
+                self.last = error
+                self._moved_on(dep)
+
+    async def _race(self) -> tuple[T, Deployment]:
+        hedge_after = self.routing.hedge_after_ms / 1000.0
+        send, receive = trio.open_memory_channel[tuple[Deployment, Any, BaseException | None]](
+            math.inf)
+        winner: tuple[T, Deployment] | None = None
+        fatal: EdgeError | None = None
+        running = 0
+
+        async def attempt_task(dep: Deployment) -> None:
+            try:
+                answer = await self._try(dep)
+            except Exception as exc:  # every outcome goes back to the race as a message
+                send.send_nowait((dep, None, exc))
+            else:
+                send.send_nowait((dep, answer, None))
+
+        async with trio.open_nursery() as nursery:
+            def launch() -> bool:
+                nonlocal running
+                dep = self._next()
+                if dep is None:
+                    return False
+                self.started += 1
+                running += 1
+                nursery.start_soon(attempt_task, dep)
+                return True
+
+            if not launch():
+                raise self._exhausted()
+            while winner is None and fatal is None:
+                outcome = None
+                with trio.move_on_after(hedge_after if running else math.inf):
+                    outcome = await receive.receive()
+                if outcome is None:  # nothing yet from the running attempts: hedge
+                    if launch():
+                        m = self.metrics
+                        m.child(m.hedges, self.plan[(self.started - 1) % len(self.plan)]
+                                .provider.name).inc()
+                    continue
+                running -= 1
+                dep, answer, error = outcome
+                if error is None:
+                    winner = (answer, dep)
+                    break
+                if not isinstance(error, UpstreamError) or not error.retryable:
+                    fatal = error if isinstance(error, EdgeError) else UpstreamError(
+                        f"provider {dep.provider.name} failed: {type(error).__name__}")
+                    break
+                self.last = error
+                self._moved_on(dep)
+                if running == 0:
+                    if self._wraps():
+                        await trio.sleep(self._backoff())
+                    if not launch():
+                        break
+            nursery.cancel_scope.cancel()  # the winner (or the end) cancels the others
+        # Answers that finished while we were deciding lost the race: release them.
+        send.close()
+        async for dep, answer, error in receive:
+            if error is None and self.discard is not None:
+                with trio.CancelScope(shield=True):
+                    await self.discard(answer)
+        if winner is not None:
+            return winner
+        if fatal is not None:
+            raise fatal
+        raise self._exhausted()
+
+    def _exhausted(self) -> EdgeError:
+        """The error once attempts ran out: 429 stays 429 (Retry-After), 5xx become 502."""
+        last = self.last
+        if last is None:  # every candidate's breaker refused: nothing was even tried
+            now = time.monotonic()
+            wait = min((d.breaker.retry_after(now) for d in self.plan), default=1.0)
+            return ServiceUnavailable("Every provider for this model is failing (circuit open).",
+                                      code="circuit_open", retry_after=max(wait, 1.0))
+        if isinstance(last, UpstreamStatus) and last.status >= 500:
+            return UpstreamError(
+                f"upstream failed after {self.started} attempt(s): {last.message}",
+                code="upstream_failed",
+            )
+        return last

@@ -1,32 +1,57 @@
-"""Which deployments may answer a model name, in which order (SPEC §3 "Candidates").
+"""Which deployments may answer a model name, and in which order (SPEC §3).
 
 Candidates for a name: the deployments of a model group, else a `provider/model` pin,
 else every provider whose `models` globs match (name unchanged); then the candidates of
-each name in `fallbacks`, in order. Resolution is pure config logic, memoised per name.
+each name in `fallbacks`, in order. Resolution is pure config logic, memoised per name;
+ordering is per request, by the strategy, through `fastpath.rank` (compiled), which also
+skips deployments whose circuit breaker is open.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
 from .config import Config
+from .errors import NotFound, ServiceUnavailable
+from .fastpath import (
+    STRATEGY_COST,
+    STRATEGY_FAILOVER,
+    STRATEGY_LATENCY,
+    STRATEGY_MODEL,
+    Breaker,
+    DeploymentStats,
+    rank,
+    retry_after_all,
+)
 from .pricing import PriceTable
+from .schema import prompt_chars as prompt_size
 from .providers import Provider
 
 _MEMO_LIMIT = 4096  # model names come from clients: bound the memo
+_STRATEGIES = {"model": STRATEGY_MODEL, "failover": STRATEGY_FAILOVER, "cost": STRATEGY_COST,
+               "latency": STRATEGY_LATENCY}
+_NAN = math.nan
 
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """One provider serving one upstream model name."""
+    """One provider serving one upstream model name, with its live statistics."""
 
     provider: Provider
     model: str
+    stats: DeploymentStats
+    breaker: Breaker
 
     @property
     def key(self) -> str:
         return f"{self.provider.name}/{self.model}"
+
+
+Group = tuple[Deployment, ...]
 
 
 class Router:
@@ -34,31 +59,51 @@ class Router:
         self._config = config
         self._providers = providers
         self._prices = prices
-        self._memo: dict[str, tuple[Deployment, ...]] = {}
+        self.strategy = _STRATEGIES[config.routing.strategy]
+        self.cooldown_s = config.routing.breaker_cooldown_s
+        self.breakers = {
+            name: Breaker(config.routing.breaker_failures, config.routing.breaker_cooldown_s)
+            for name in providers
+        }
+        self._stats: dict[tuple[str, str], DeploymentStats] = {}
+        self._memo: dict[str, tuple[Group, ...]] = {}
 
-    def candidates(self, name: str) -> tuple[Deployment, ...]:
-        """Every deployment that may answer `name`, primary ones first, then fallbacks."""
+    # -- resolution (config logic, memoised) ------------------------------------------
+
+    def groups(self, name: str) -> tuple[Group, ...]:
+        """The deployments for `name`, then for each of its fallbacks: one group per name."""
         found = self._memo.get(name)
         if found is not None:
             return found
-        ordered: list[Deployment] = []
-        seen: set[tuple[str, str]] = set()
         names = [name]
         model_cfg = self._config.models.get(name)
         if model_cfg is not None:
             names.extend(model_cfg.fallbacks)
+        seen: set[tuple[str, str]] = set()
+        groups = []
         for each in names:
-            for dep in self._deployments(each):
-                ident = (dep.provider.name, dep.model)
-                if ident not in seen:
-                    seen.add(ident)
-                    ordered.append(dep)
-        result = tuple(ordered)
+            group = []
+            for provider, model in self._deployments(each):
+                if (provider.name, model) not in seen:
+                    seen.add((provider.name, model))
+                    group.append(self._deployment(provider, model))
+            if group:
+                groups.append(tuple(group))
+        result = tuple(groups)
         if len(self._memo) < _MEMO_LIMIT:
             self._memo[name] = result
         return result
 
-    def _deployments(self, name: str) -> list[Deployment]:
+    def _deployment(self, provider: Provider, model: str) -> Deployment:
+        stats = self._stats.get((provider.name, model))
+        if stats is None:
+            price = self._prices.price(model)
+            stats = DeploymentStats(*(price if price is not None else (_NAN, _NAN)))
+            if len(self._stats) < _MEMO_LIMIT:
+                self._stats[(provider.name, model)] = stats
+        return Deployment(provider, model, stats, self.breakers[provider.name])
+
+    def _deployments(self, name: str) -> list[tuple[Provider, str]]:
         group = self._config.models.get(name)
         if group is not None and group.deployments:
             out = []
@@ -66,16 +111,54 @@ class Router:
                 provider_name, _, model = item.partition("/")
                 provider = self._providers.get(provider_name)
                 if provider is not None:
-                    out.append(Deployment(provider, model))
+                    out.append((provider, model))
             return out
         provider_name, sep, model = name.partition("/")
         if sep and provider_name in self._providers and model:
-            return [Deployment(self._providers[provider_name], model)]
+            return [(self._providers[provider_name], model)]
         return [
-            Deployment(p, name)
+            (p, name)
             for p in self._providers.values()
             if any(fnmatchcase(name, pattern) for pattern in p.config.models)
         ]
+
+    # -- ordering (per request) -------------------------------------------------------
+
+    def plan(self, name: str, body: dict[str, Any]) -> list[Deployment]:
+        """The deployments to try for this request, in order.
+
+        Raises NotFound when no provider serves `name`, and ServiceUnavailable (with
+        Retry-After) when every candidate's circuit is open.
+        """
+        groups = self.groups(name)
+        if not groups:
+            raise NotFound(f"No configured provider serves the model '{name}'.", param="model",
+                           code="model_not_found")
+        now = time.monotonic()
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 1024
+        if type(max_tokens) is not int:
+            max_tokens = 1024
+        max_tokens = min(max(max_tokens, 1), 100_000_000)  # rank takes a C integer
+        prompt_chars = prompt_size(body) if self.strategy == STRATEGY_COST else 0
+        ordered: list[Deployment] = []
+        for group in groups:
+            if len(group) == 1 and self.strategy != STRATEGY_FAILOVER:
+                if not group[0].breaker.blocked(now):
+                    ordered.append(group[0])
+                continue
+            order = rank(self.strategy, [d.stats for d in group], [d.breaker for d in group],
+                         now, prompt_chars, max_tokens, self.cooldown_s)
+            ordered.extend(group[i] for i in order)
+        if not ordered:
+            breakers = [d.breaker for g in groups for d in g]
+            raise ServiceUnavailable(
+                f"Every provider for '{name}' is failing (circuit open); retry later.",
+                code="circuit_open", retry_after=retry_after_all(breakers, now))
+        return ordered
+
+    def healthy(self, provider: str) -> bool:
+        """False while the provider's circuit is open (it is skipped by every strategy)."""
+        return not self.breakers[provider].blocked(time.monotonic())
 
     def model_list(self) -> list[tuple[str, str]]:
         """(model id, owner) pairs for GET /v1/models, in a stable order without repeats."""
