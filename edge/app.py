@@ -24,7 +24,7 @@ from . import schema
 from ._version import __version__
 from .config import Config
 from .cache import Cache, Entry, Flight
-from .chat_stream import ChatAssembler, replay_chunks
+from .dialects import AnthropicDialect, Dialect, EventSource, OpenAIDialect
 from .errors import (
     BadRequest,
     EdgeError,
@@ -39,12 +39,9 @@ from .errors import (
 from .logs import log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .pricing import usage_tokens
-from .providers import ChunkStream
 from .routing import Deployment
 from .service import Edge, open_edge
 from .failover import Attempts
-from .sse import DONE, frame
 
 T = TypeVar("T")
 Scope = dict[str, Any]
@@ -109,14 +106,14 @@ _BYPASS = CachePolicy(b"bypass", lookup=False, store=False, ttl=None)
 class Call:
     """One validated completion request on its way through cache and upstream."""
 
-    __slots__ = ("req", "edge", "endpoint", "body", "raw", "model", "policy", "stream",
+    __slots__ = ("req", "edge", "dialect", "body", "raw", "model", "policy", "stream",
                  "wants_usage")
 
-    def __init__(self, req: Request, edge: Edge, endpoint: str, body: dict[str, Any],
+    def __init__(self, req: Request, edge: Edge, dialect: Dialect, body: dict[str, Any],
                  raw: bytes, model: str, policy: CachePolicy, stream: bool) -> None:
         self.req = req
         self.edge = edge
-        self.endpoint = endpoint
+        self.dialect = dialect
         self.body = body
         self.raw = raw
         self.model = model
@@ -124,6 +121,11 @@ class Call:
         self.stream = stream
         options = body.get("stream_options")
         self.wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+
+_CHAT = OpenAIDialect("chat", schema.validate_chat)
+_EMBEDDINGS = OpenAIDialect("embeddings", schema.validate_embeddings)
+_MESSAGES = AnthropicDialect()
 
 
 class EdgeApp:
@@ -139,6 +141,7 @@ class EdgeApp:
         self._routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[None]]]] = {
             "/v1/chat/completions": (("POST",), self.chat),
             "/v1/embeddings": (("POST",), self.embeddings),
+            "/v1/messages": (("POST",), self.messages),
             "/v1/models": (("GET",), self.models),
             "/health": (("GET", "HEAD"), self.health),
             "/health/live": (("GET", "HEAD"), self.live),
@@ -339,26 +342,27 @@ class EdgeApp:
     # -- endpoints -------------------------------------------------------------------
 
     async def chat(self, req: Request) -> None:
-        req.endpoint = "chat"
-        await self._completion(req, "chat", schema.validate_chat)
+        await self._completion(req, _CHAT)
 
     async def embeddings(self, req: Request) -> None:
-        req.endpoint = "embeddings"
-        await self._completion(req, "embeddings", schema.validate_embeddings)
+        await self._completion(req, _EMBEDDINGS)
 
-    async def _completion(self, req: Request, endpoint: str,
-                          validate: Callable[[dict[str, Any]], str]) -> None:
+    async def messages(self, req: Request) -> None:
+        await self._completion(req, _MESSAGES)
+
+    async def _completion(self, req: Request, dialect: Dialect) -> None:
+        req.endpoint = dialect.endpoint
         edge = self.service()
         self.authenticate(req)
         raw = await self.read_body(req)
         body = schema.parse_object(raw)
-        model = validate(body)
+        model = dialect.validate(body)
         if not edge.router.groups(model):
             raise NotFound(f"No configured provider serves the model '{model}'.", param="model",
                            code="model_not_found")
         policy = self.cache_policy(req, edge.cache)
-        stream = endpoint == "chat" and body.get("stream") is True
-        call = Call(req, edge, endpoint, body, raw, model, policy, stream)
+        stream = body.get("stream") is True and dialect is not _EMBEDDINGS
+        call = Call(req, edge, dialect, body, raw, model, policy, stream)
         metrics = self.metrics
         metrics.inflight.inc()
         try:
@@ -396,7 +400,7 @@ class EdgeApp:
         """Cache lookup, coalescing, then the upstream: the whole life of a completion."""
         cache = call.edge.cache
         policy = call.policy
-        key = cache.key(call.endpoint, call.body, call.req.tenant) if policy.store else ""
+        key = cache.key(call.dialect.endpoint, call.body, call.req.tenant) if policy.store else ""
         flight: Flight | None = None
         if policy.lookup:
             while True:
@@ -453,8 +457,7 @@ class EdgeApp:
                        (b"x-edge-cache", cache_header),
                        (b"x-edge-provider", entry.provider.encode()),
                        (b"x-edge-latency-ms", f"{latency:.3f}".encode())]
-            chunks = replay_chunks(entry.answer(), call.wants_usage)
-            payload = b"".join(frame(c) for c in chunks) + DONE
+            payload = call.dialect.replay(entry.answer(), call.wants_usage)
             req.status = 200
             await req.send({"type": "http.response.start", "status": 200, "headers": headers})
             req.finished = True
@@ -470,29 +473,32 @@ class EdgeApp:
             (b"x-edge-cost-usd", b"0"),
         ])
 
-    def _account(self, call: Call, dep: Deployment, usage: Any) -> float:
+    def _account(self, call: Call, dep: Deployment, usage: tuple[int, int]) -> float:
         """Tokens and cost of one upstream answer, into the metrics; returns the cost."""
-        prompt, completion = usage_tokens(usage)
+        prompt, completion = usage
         cost = call.edge.prices.cost(dep.model, prompt, completion)
         self.metrics.usage(dep.provider.name, dep.model, prompt, completion, cost)
         return cost
 
+    def _latency_observer(self, dep: Deployment, began: float) -> None:
+        m = self.metrics
+        m.child(m.provider_latency, dep.provider.name, m.model_label(dep.model)).observe(
+            time.perf_counter() - began)
+
     async def _answer_json(self, call: Call) -> Entry:
-        endpoint, body, raw = call.endpoint, call.body, call.raw
+        dialect, body, raw = call.dialect, call.body, call.raw
 
         async def attempt(dep: Deployment) -> dict[str, Any]:
             began = time.perf_counter()
-            answer = await dep.provider.complete(endpoint, body, dep.model, raw)
-            self.metrics.child(self.metrics.provider_latency, dep.provider.name,
-                               self.metrics.model_label(dep.model)).observe(
-                time.perf_counter() - began)
+            answer = await dialect.fetch(dep, body, raw)
+            self._latency_observer(dep, began)
             return answer
 
         plan = call.edge.router.plan(call.model, body)
         answer, dep = await Attempts(plan, attempt, call.edge.config.routing,
                                      self.metrics).run()
         answer.pop("metadata", None)  # an upstream's own field would collide with ours
-        cost = self._account(call, dep, answer.get("usage"))
+        cost = self._account(call, dep, dialect.usage(answer))
         entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
         req = call.req
         latency = round(req.elapsed_ms(), 3)
@@ -508,42 +514,32 @@ class EdgeApp:
         return entry
 
     async def _relay_stream(self, call: Call) -> Entry | None:
-        """Relay the upstream's chunks as they come; the assembled answer if it completed."""
-        body, raw = call.body, call.raw
+        """Relay the upstream's items as they come; the assembled answer if it completed."""
+        dialect, body, raw = call.dialect, call.body, call.raw
 
-        async def attempt(dep: Deployment) -> tuple[ChunkStream, dict[str, Any]]:
+        async def attempt(dep: Deployment) -> EventSource:
             began = time.perf_counter()
-            stream = await dep.provider.open_stream("chat", body, dep.model, raw)
-            try:
-                first = await stream.__anext__()  # fail over until the first chunk is here
-            except StopAsyncIteration:
-                raise UpstreamError(f"provider {dep.provider.name} sent an empty stream") from None
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                raise
-            self.metrics.child(self.metrics.provider_latency, dep.provider.name,
-                               self.metrics.model_label(dep.model)).observe(
-                time.perf_counter() - began)
-            return stream, first
+            source = await dialect.open(dep, body, raw)  # fails over until the first item
+            self._latency_observer(dep, began)
+            return source
 
-        async def discard(opened: tuple[ChunkStream, dict[str, Any]]) -> None:
-            await opened[0].aclose()
+        async def discard(source: EventSource) -> None:
+            await source.aclose()
 
         plan = call.edge.router.plan(call.model, body)
-        (stream, first), dep = await Attempts(plan, attempt, call.edge.config.routing,
-                                              self.metrics, discard).run()
+        source, dep = await Attempts(plan, attempt, call.edge.config.routing, self.metrics,
+                                     discard).run()
         try:
-            return await self._pump(call, dep, stream, first)
+            return await self._pump(call, dep, source)
         finally:
             with trio.CancelScope(shield=True):
-                await stream.aclose()
+                await source.aclose()
 
-    async def _pump(self, call: Call, dep: Deployment, stream: ChunkStream,
-                    first: dict[str, Any]) -> Entry | None:
+    async def _pump(self, call: Call, dep: Deployment, source: EventSource) -> Entry | None:
         req = call.req
         send = req.send
-        wants_usage = call.wants_usage
+        dialect = call.dialect
+        strip_usage = dialect is _CHAT and not call.wants_usage
         latency = round(req.elapsed_ms(), 3)
         headers = [
             *_SSE_HEADERS,
@@ -554,38 +550,37 @@ class EdgeApp:
         ]
         req.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        assembler = ChatAssembler() if call.policy.store else None
-        usage = None
-        chunk: dict[str, Any] | None = first
+        assembler = dialect.assembler()
+        item = source.first
         try:
-            while chunk is not None:
-                if assembler is not None:
-                    assembler.feed(chunk)
-                if chunk.get("usage") is not None:
-                    usage = chunk["usage"]
-                    if not wants_usage:
-                        if not chunk.get("choices"):
-                            chunk = await anext(stream, None)
-                            continue
-                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
-                chunk = await anext(stream, None)
+            while item is not None:
+                assembler.feed(*item) if dialect.anthropic else assembler.feed(item)
+                if strip_usage and item.get("usage") is not None:
+                    # edge asked upstream for usage (cost, tokens); this client did not
+                    if not item.get("choices"):
+                        item = await source.next()
+                        continue
+                    item = {k: v for k, v in item.items() if k != "usage"}
+                await send({"type": "http.response.body", "body": dialect.frame(item),
+                            "more_body": True})
+                item = await source.next()
         except UpstreamError as error:
-            # Headers are gone already: end the stream with an error event, never [DONE].
-            self.metrics.child(self.metrics.provider_errors, dep.provider.name, error.type).inc()
-            self.metrics.child(self.metrics.requests, req.endpoint, "5xx").inc()
-            _, err_body = render(error)
+            # Headers are gone already: end the stream with an error event, never a clean end.
+            m = self.metrics
+            m.child(m.provider_errors, dep.provider.name, error.type).inc()
+            m.child(m.requests, req.endpoint, "5xx").inc()
             req.finished = True
-            await send({"type": "http.response.body", "body": b"data: " + err_body + b"\n\n",
+            await send({"type": "http.response.body", "body": dialect.error_frame(error),
                         "more_body": False})
             return None
         req.finished = True
-        await send({"type": "http.response.body", "body": DONE, "more_body": False})
-        cost = self._account(call, dep, usage)
+        await send({"type": "http.response.body", "body": dialect.stream_end, "more_body": False})
         self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
-        if assembler is None or not assembler.finished:
+        if not assembler.finished:
             return None
-        return Entry(orjson.dumps(assembler.result()), dep.provider.name, dep.model, cost)
+        answer = assembler.result()
+        cost = self._account(call, dep, dialect.usage(answer))
+        return Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
 
     async def models(self, req: Request) -> None:
         edge = self.service()

@@ -124,6 +124,33 @@ def validate_embeddings(body: dict[str, Any]) -> str:
     return model
 
 
+def validate_messages(body: dict[str, Any]) -> str:
+    """Check an Anthropic Messages request; returns the requested model."""
+    model = _require_model(body)
+    max_tokens = body.get("max_tokens")
+    if type(max_tokens) is not int or max_tokens < 1:
+        raise BadRequest("'max_tokens' is required and must be a positive integer.",
+                         param="max_tokens")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty array.",
+                         param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        if message.get("role") not in ("user", "assistant"):
+            raise BadRequest(f"'messages[{i}].role' must be 'user' or 'assistant'.",
+                             param=f"messages[{i}].role")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean.", param="stream")
+    for field in ("temperature", "top_p"):
+        value = body.get(field)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise BadRequest(f"'{field}' must be a number.", param=field)
+    return model
+
+
 def prompt_chars(body: dict[str, Any]) -> int:
     """Rough prompt size in characters, for cost estimates before a request runs."""
     total = 0

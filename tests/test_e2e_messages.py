@@ -1,0 +1,160 @@
+"""The /v1/messages front door with the official anthropic SDK, to a Claude model (native)
+and to an OpenAI-kind model (translated both ways), streaming and tools included."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import pytest
+
+from _servers import EdgeProcess, MockUpstream
+
+KEY = "sk-front-door-provider-secret-42"
+TOOLS = [{"name": "get_weather", "description": "Weather for a city",
+          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("messages")
+    mock = MockUpstream(tmp)
+    config = f"""
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "{mock.url}"
+api_key = "env:K"
+models = ["claude-*"]
+
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "{mock.url}/v1"
+api_key = "env:K"
+models = ["gpt-*"]
+"""
+    edge = EdgeProcess(tmp, config=config, env={"K": KEY})
+    yield edge, mock
+    edge.stop()
+    mock.stop()
+
+
+@pytest.fixture
+def client(stack) -> anthropic.Anthropic:
+    edge, _ = stack
+    return anthropic.Anthropic(base_url=edge.url, api_key="client-key", max_retries=0)
+
+
+@pytest.mark.parametrize(("model", "provider"), [("claude-3-haiku-20240307", "claude"),
+                                                 ("gpt-4o-mini", "oai")])
+def test_message_non_stream(client: anthropic.Anthropic, model: str, provider: str) -> None:
+    raw = client.messages.with_raw_response.create(
+        model=model, max_tokens=100, system="Be brief.",
+        messages=[{"role": "user", "content": f"hello from {provider}"}])
+    message = raw.parse()
+    assert message.type == "message" and message.role == "assistant"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == f"Mock reply to: hello from {provider}"
+    assert message.stop_reason == "end_turn"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    assert raw.headers["x-edge-provider"] == provider
+    assert raw.http_response.json()["metadata"]["provider"] == provider
+
+
+@pytest.mark.parametrize("model", ["claude-3-haiku-20240307", "gpt-4o-mini"])
+def test_message_stream(client: anthropic.Anthropic, model: str) -> None:
+    with client.messages.stream(model=model, max_tokens=100,
+                                messages=[{"role": "user", "content": f"stream {model}"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == f"Mock reply to: stream {model}"
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("model", ["claude-3-haiku-20240307", "gpt-4o-mini"])
+def test_tools_both_ways(client: anthropic.Anthropic, model: str) -> None:
+    first = client.messages.create(
+        model=model, max_tokens=200, tools=TOOLS,
+        messages=[{"role": "user", "content": "Paris"}])
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert call.name == "get_weather" and call.input == {"city": "Paris"}
+
+    with client.messages.stream(model=model, max_tokens=200, tools=TOOLS,
+                                messages=[{"role": "user", "content": "Rome"}]) as s:
+        streamed = s.get_final_message()
+    block = next(b for b in streamed.content if b.type == "tool_use")
+    assert block.input == {"city": "Rome"} and streamed.stop_reason == "tool_use"
+
+    follow = client.messages.create(
+        model=model, max_tokens=200, tools=TOOLS,
+        messages=[{"role": "user", "content": "Paris"},
+                  {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                                "content": "sunny, 21C"}]}])
+    assert follow.content[0].text == "Tool said: sunny, 21C"
+
+
+@pytest.mark.parametrize("model", ["claude-3-haiku-20240307", "gpt-4o-mini"])
+def test_cached_message_replayed_as_json_and_stream(client: anthropic.Anthropic,
+                                                    model: str) -> None:
+    messages = [{"role": "user", "content": f"cache the front door {model}"}]
+    first = client.messages.with_raw_response.create(model=model, max_tokens=50,
+                                                     messages=messages)
+    assert first.headers["x-edge-cache"] == "miss"
+    again = client.messages.with_raw_response.create(model=model, max_tokens=50,
+                                                     messages=messages)
+    assert again.headers["x-edge-cache"] == "hit-l1"
+    assert again.parse().content == first.parse().content
+    with client.messages.stream(model=model, max_tokens=50, messages=messages) as s:
+        assert s.response.headers["x-edge-cache"] == "hit-l1"
+        assert s.get_final_text() == first.parse().content[0].text
+
+
+def test_streamed_miss_then_json_hit(client: anthropic.Anthropic) -> None:
+    messages = [{"role": "user", "content": "stream first, json later"}]
+    with client.messages.stream(model="claude-3-haiku-20240307", max_tokens=50,
+                                messages=messages) as s:
+        text = s.get_final_text()
+    hit = client.messages.with_raw_response.create(model="claude-3-haiku-20240307",
+                                                   max_tokens=50, messages=messages)
+    assert hit.headers["x-edge-cache"] == "hit-l1"
+    assert hit.parse().content[0].text == text
+
+
+def test_errors_in_anthropic_format(stack, client: anthropic.Anthropic) -> None:
+    edge, _ = stack
+    r = httpx.post(f"{edge.url}/v1/messages", json={
+        "model": "claude-3-haiku-20240307", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in body["error"]["message"]
+    r = httpx.post(f"{edge.url}/v1/messages", content=b"{broken")
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="no-such-model", max_tokens=10,
+                               messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="claude-3-haiku-20240307", max_tokens=10,
+                               messages=[{"role": "user", "content": "!mock status=400"}])
+    assert KEY not in str(info.value)
+    r = httpx.get(f"{edge.url}/v1/messages")
+    assert r.status_code == 405 and r.json()["type"] == "error"
+
+
+def test_upstream_failure_mid_stream_ends_with_error_event(stack) -> None:
+    edge, _ = stack
+    body = {"model": "gpt-4o-mini", "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "!mock cut_after=2 words=10"}]}
+    with httpx.stream("POST", f"{edge.url}/v1/messages", json=body) as r:
+        text = r.read().decode()
+    assert r.status_code == 200
+    assert "event: error" in text and "event: message_stop" not in text
+
+
+def test_key_never_in_output(stack) -> None:
+    edge, _ = stack
+    assert KEY not in edge.output()
