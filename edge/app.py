@@ -36,7 +36,7 @@ from .errors import (
     UpstreamError,
     render,
 )
-from .logs import log
+from .logs import LEVELS, log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .routing import Deployment
@@ -63,7 +63,7 @@ class Request:
     """What the handlers need to know about one request; built once, passed along."""
 
     __slots__ = ("scope", "receive", "send", "headers", "request_id", "start", "tenant",
-                 "anthropic", "endpoint", "status", "finished")
+                 "anthropic", "endpoint", "status", "finished", "provider", "model", "cache")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -82,6 +82,10 @@ class Request:
         # Set just before the last body message: Hypercorn reports "disconnect" as soon as a
         # response is complete, and that must not cancel the work that follows it.
         self.finished = False
+        # For the request's log line: who answered, for which model, from where.
+        self.provider: str | None = None
+        self.model: str | None = None
+        self.cache: bytes | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.start) * 1000.0
@@ -123,6 +127,7 @@ class Call:
         self.wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
 
+_INFO = LEVELS["info"]
 _CHAT = OpenAIDialect("chat", schema.validate_chat)
 _EMBEDDINGS = OpenAIDialect("embeddings", schema.validate_embeddings)
 _MESSAGES = AnthropicDialect()
@@ -198,6 +203,17 @@ class EdgeApp:
             log.error("unhandled error", request_id=req.request_id.decode(), error=repr(exc),
                       path=path)
             await self.send_error(req, EdgeError("Internal error in edge; see the proxy log."))
+        if req.status >= 500:
+            self._log_request(req, path, "warning")
+        elif log.threshold <= _INFO and not path.startswith("/health"):
+            self._log_request(req, path, "info")
+
+    @staticmethod
+    def _log_request(req: Request, path: str, level: str) -> None:
+        log.log(level, "request", request_id=req.request_id.decode(), method=req.scope["method"],
+                path=path, status=req.status, latency_ms=round(req.elapsed_ms(), 3),
+                provider=req.provider, model=req.model, tenant=req.tenant,
+                cache=req.cache.decode() if req.cache is not None else None)
 
     # -- responses -------------------------------------------------------------------
 
@@ -357,6 +373,7 @@ class EdgeApp:
         raw = await self.read_body(req)
         body = schema.parse_object(raw)
         model = dialect.validate(body)
+        req.model = model
         if not edge.router.groups(model):
             raise NotFound(f"No configured provider serves the model '{model}'.", param="model",
                            code="model_not_found")
@@ -452,6 +469,7 @@ class EdgeApp:
         self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
         latency = round(req.elapsed_ms(), 3)
         cache_header = b"hit-l1" if tier == "l1" else b"hit-l2"
+        req.provider, req.cache = entry.provider, cache_header
         if call.stream:
             headers = [*_SSE_HEADERS, (b"x-request-id", req.request_id),
                        (b"x-edge-cache", cache_header),
@@ -501,6 +519,7 @@ class EdgeApp:
         cost = self._account(call, dep, dialect.usage(answer))
         entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
         req = call.req
+        req.provider, req.cache = dep.provider.name, call.policy.header
         latency = round(req.elapsed_ms(), 3)
         meta = orjson.dumps({"provider": dep.provider.name, "cached": False, "cache_tier": None,
                              "latency_ms": latency, "cost_usd": cost})
@@ -540,6 +559,7 @@ class EdgeApp:
         send = req.send
         dialect = call.dialect
         strip_usage = dialect is _CHAT and not call.wants_usage
+        req.provider, req.cache = dep.provider.name, call.policy.header
         latency = round(req.elapsed_ms(), 3)
         headers = [
             *_SSE_HEADERS,
