@@ -41,6 +41,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .routing import Deployment
 from .service import Edge, open_edge
+from .tracing import Tracing
 from .failover import Attempts
 
 T = TypeVar("T")
@@ -140,6 +141,7 @@ class EdgeApp:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.edge: Edge | None = None
+        self.tracing = Tracing.from_config(config)
         self.max_body = config.server.max_request_bytes
         self._keys = {bytes.fromhex(k.sha256): k for k in config.auth.keys}
         self._anonymous_ok = not self._keys or config.auth.allow_anonymous
@@ -169,7 +171,7 @@ class EdgeApp:
         if message["type"] != "lifespan.startup":
             return
         try:
-            async with open_edge(self.config, self.metrics) as edge:
+            async with open_edge(self.config, self.metrics, self.tracing) as edge:
                 self.edge = edge
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()  # lifespan.shutdown
@@ -180,6 +182,8 @@ class EdgeApp:
             return
         finally:
             self.edge = None
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.tracing.shutdown)
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, req: Request) -> None:
@@ -194,7 +198,10 @@ class EdgeApp:
                 raise MethodNotAllowed(
                     f"Method {req.scope['method']} is not allowed on {path}; use {methods[0]}."
                 )
-            await handler(req)
+            if self.tracing.enabled:
+                await self._traced(req, handler, path)
+            else:
+                await handler(req)
         except EdgeError as error:
             await self.send_error(req, error)
         except ClientGone:
@@ -207,6 +214,25 @@ class EdgeApp:
             self._log_request(req, path, "warning")
         elif log.threshold <= _INFO and not path.startswith("/health"):
             self._log_request(req, path, "info")
+
+    async def _traced(self, req: Request, handler: Callable[[Request], Awaitable[None]],
+                      path: str) -> None:
+        """The handler inside a server span that continues the client's traceparent."""
+        with self.tracing.request(f"{req.scope['method']} {path}", req.headers) as span:
+            span.set("http.request_id", req.request_id.decode())
+            try:
+                await handler(req)
+            except EdgeError as error:
+                span.set("http.status_code", error.status)
+                span.error(error.message)
+                raise
+            span.set("http.status_code", req.status)
+            for name in ("provider", "model", "tenant"):
+                value = getattr(req, name)
+                if value is not None:
+                    span.set(f"edge.{name}", value)
+            if req.cache is not None:
+                span.set("edge.cache", req.cache.decode())
 
     @staticmethod
     def _log_request(req: Request, path: str, level: str) -> None:
@@ -421,7 +447,9 @@ class EdgeApp:
         flight: Flight | None = None
         if policy.lookup:
             while True:
-                hit = await cache.lookup(key)
+                with self.tracing.span("cache.lookup") as span:
+                    hit = await cache.lookup(key)
+                    span.set("edge.cache", hit[1] if hit is not None else "miss")
                 if hit is not None:
                     await self._send_hit(call, *hit)
                     return
@@ -514,7 +542,7 @@ class EdgeApp:
 
         plan = call.edge.router.plan(call.model, body)
         answer, dep = await Attempts(plan, attempt, call.edge.config.routing,
-                                     self.metrics).run()
+                                     self.metrics, tracing=self.tracing).run()
         answer.pop("metadata", None)  # an upstream's own field would collide with ours
         cost = self._account(call, dep, dialect.usage(answer))
         entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
@@ -547,7 +575,7 @@ class EdgeApp:
 
         plan = call.edge.router.plan(call.model, body)
         source, dep = await Attempts(plan, attempt, call.edge.config.routing, self.metrics,
-                                     discard).run()
+                                     discard, tracing=self.tracing).run()
         try:
             return await self._pump(call, dep, source)
         finally:

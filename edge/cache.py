@@ -28,11 +28,12 @@ import orjson
 import trio
 
 from .config import CacheConfig
-from .errors import EdgeError
+from .errors import BadRequest, EdgeError
 from .fastpath import LRUCache, cache_key
 from .l2 import RedisTier
 from .logs import log
 from .metrics import Metrics
+from .tracing import Tracing
 
 FORMAT = b"E1"  # L2 value format version; a value with another prefix is ignored
 _ENTRY_OVERHEAD = 256  # bytes of bookkeeping per L1 entry, counted against l1_max_bytes
@@ -101,8 +102,10 @@ class Flight:
 class Cache:
     """L1 + optional L2 + the in-flight table, for one worker process."""
 
-    def __init__(self, config: CacheConfig, metrics: Metrics) -> None:
+    def __init__(self, config: CacheConfig, metrics: Metrics,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
+        self.tracing = tracing if tracing is not None else Tracing()
         self.enabled = config.enabled
         self.ttl_s = config.ttl_s
         self.global_scope = config.scope == "global"
@@ -132,7 +135,10 @@ class Cache:
 
     def key(self, endpoint: str, body: dict[str, Any], tenant: str) -> str:
         scope = endpoint if self.global_scope else f"{endpoint}|{tenant}"
-        return cache_key(body, scope)
+        try:
+            return cache_key(body, scope)
+        except (ValueError, TypeError) as exc:  # too deep for the canonical form
+            raise BadRequest(f"The request body cannot be cached: {exc}") from None
 
     async def lookup(self, key: str) -> tuple[Entry, str] | None:
         """The live entry for `key` and the tier it came from, or None (a counted miss)."""
@@ -144,7 +150,9 @@ class Cache:
             self._hit_l1.inc()
             return entry, "l1"  # type: ignore[return-value]
         if self.l2 is not None and self.l2.healthy:
-            raw = await self.l2.get(key)
+            with self.tracing.span("l2.get") as span:
+                raw = await self.l2.get(key)
+                span.set("edge.hit", raw is not None)
             self._lat_l2.observe(time.perf_counter() - began)
             if raw is not None:
                 found = Entry.decode(raw)

@@ -34,6 +34,9 @@ from .errors import EdgeError, ServiceUnavailable, UpstreamError, UpstreamStatus
 from .fastpath import BREAKER_CLOSED
 from .metrics import Metrics
 from .routing import Deployment
+from .tracing import Tracing
+
+_NO_TRACING = Tracing()
 
 T = TypeVar("T")
 
@@ -51,12 +54,14 @@ class Attempts(Generic[T]):
         routing: RoutingConfig,
         metrics: Metrics,
         discard: Callable[[T], Awaitable[None]] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.plan = plan
         self.attempt = attempt
         self.routing = routing
         self.metrics = metrics
         self.discard = discard
+        self.tracing = tracing if tracing is not None else _NO_TRACING
         self.last: UpstreamError | None = None
         self.started = 0
 
@@ -68,6 +73,21 @@ class Attempts(Generic[T]):
     # -- one attempt, with the breaker and stats bookkeeping -------------------------
 
     async def _try(self, dep: Deployment) -> T:
+        with self.tracing.span("upstream.attempt", provider=dep.provider.name, model=dep.model,
+                               attempt=self.started) as span:
+            try:
+                answer = await self._try_untraced(dep)
+            except UpstreamError as error:
+                span.set("status", error.status)
+                span.error(error.message)
+                raise
+            except BaseException:
+                span.set("status", "cancelled")
+                raise
+            span.set("status", 200)
+            return answer
+
+    async def _try_untraced(self, dep: Deployment) -> T:
         began = time.monotonic()
         try:
             answer = await self.attempt(dep)

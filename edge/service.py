@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .pricing import PriceTable
 from .providers import Provider, make_provider
 from .routing import Router
+from .tracing import Tracing
 from .transport import LeanTransport
 
 
@@ -33,17 +34,19 @@ def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
 class Edge:
     """Everything a request needs that outlives it."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.prices = PriceTable(config.models)
         retry_on = frozenset(config.routing.retry_on)
+        inject = tracing.inject if tracing is not None and tracing.enabled else None
         self.providers: dict[str, Provider] = {
-            p.name: make_provider(p, make_transport(p.max_connections), retry_on)
+            p.name: make_provider(p, make_transport(p.max_connections), retry_on, inject)
             for p in config.providers
         }
         self.router = Router(config, self.providers, self.prices)
-        self.cache = Cache(config.cache, self.metrics)
+        self.cache = Cache(config.cache, self.metrics, tracing)
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -59,9 +62,10 @@ class Edge:
 
 
 @asynccontextmanager
-async def open_edge(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Edge]:
+async def open_edge(config: Config, metrics: Metrics | None = None,
+                    tracing: Tracing | None = None) -> AsyncIterator[Edge]:
     """Run the service for the duration of the block; background tasks stop on exit."""
-    edge = Edge(config, metrics)
+    edge = Edge(config, metrics, tracing)
     try:
         async with trio.open_nursery() as nursery:
             edge.nursery = nursery

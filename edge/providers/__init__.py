@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from ..config import ProviderConfig
@@ -15,6 +17,12 @@ __all__ = ["KINDS", "ChunkStream", "Provider", "make_provider"]
 
 
 def make_provider(
-    config: ProviderConfig, transport: httpx.AsyncBaseTransport, retry_on: frozenset[int]
+    config: ProviderConfig,
+    transport: httpx.AsyncBaseTransport,
+    retry_on: frozenset[int],
+    inject: Callable[[list[tuple[str, str]]], None] | None = None,
 ) -> Provider:
-    return KINDS[config.kind](config, transport, retry_on)
+    """The adapter for `config.kind`; `inject` adds trace headers to every upstream request."""
+    provider = KINDS[config.kind](config, transport, retry_on)
+    provider.inject = inject
+    return provider

@@ -30,6 +30,8 @@ class Provider(ABC):
     """Base adapter. Subclasses set `kind` and implement `complete` and `open_stream`."""
 
     kind = ""
+    # Adds trace-context headers (traceparent) to each upstream request when tracing is on.
+    inject: Callable[[list[tuple[str, str]]], None] | None = None
 
     def __init__(
         self,
@@ -71,6 +73,11 @@ class Provider(ABC):
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`."""
         request.extensions["timeout"] = self.timeouts
+        if self.inject is not None:
+            trace_headers: list[tuple[str, str]] = []
+            self.inject(trace_headers)
+            for name, value in trace_headers:
+                request.headers[name] = value
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.TimeoutException as exc:
