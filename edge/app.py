@@ -396,6 +396,8 @@ class EdgeApp:
         req.endpoint = dialect.endpoint
         edge = self.service()
         self.authenticate(req)
+        if edge.limiter.limited(req.tenant):
+            await edge.limiter.admit(req.tenant)
         raw = await self.read_body(req)
         body = schema.parse_object(raw)
         model = dialect.validate(body)
@@ -519,6 +521,13 @@ class EdgeApp:
             (b"x-edge-cost-usd", b"0"),
         ])
 
+    async def _charge(self, call: Call, usage: tuple[int, int]) -> None:
+        """Tokens count against the client key's tpm once the answer is known."""
+        limiter = call.edge.limiter
+        tenant = call.req.tenant
+        if limiter.limited(tenant):
+            await limiter.charge(tenant, usage[0] + usage[1])
+
     def _account(self, call: Call, dep: Deployment, usage: tuple[int, int]) -> float:
         """Tokens and cost of one upstream answer, into the metrics; returns the cost."""
         prompt, completion = usage
@@ -558,6 +567,7 @@ class EdgeApp:
             (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
             (b"x-edge-cost-usd", f"{cost:.8f}".encode()),
         ])
+        await self._charge(call, dialect.usage(answer))
         return entry
 
     async def _relay_stream(self, call: Call) -> Entry | None:
@@ -603,9 +613,10 @@ class EdgeApp:
         try:
             while item is not None:
                 assembler.feed(*item) if dialect.anthropic else assembler.feed(item)
-                if strip_usage and item.get("usage") is not None:
-                    # edge asked upstream for usage (cost, tokens); this client did not
-                    if not item.get("choices"):
+                if strip_usage and "usage" in item:
+                    # edge asked upstream for usage (cost, tokens); this client did not, so
+                    # it sees neither the usage-only chunk nor the "usage" field
+                    if item["usage"] is not None and not item.get("choices"):
                         item = await source.next()
                         continue
                     item = {k: v for k, v in item.items() if k != "usage"}
@@ -627,7 +638,9 @@ class EdgeApp:
         if not assembler.finished:
             return None
         answer = assembler.result()
-        cost = self._account(call, dep, dialect.usage(answer))
+        usage = dialect.usage(answer)
+        cost = self._account(call, dep, usage)
+        await self._charge(call, usage)
         return Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
 
     async def models(self, req: Request) -> None:

@@ -19,6 +19,7 @@ from .config import Config
 from .logs import log
 from .metrics import Metrics
 from .pricing import PriceTable
+from .ratelimit import RateLimiter
 from .providers import Provider, make_provider
 from .routing import Router
 from .tracing import Tracing
@@ -47,6 +48,9 @@ class Edge:
         }
         self.router = Router(config, self.providers, self.prices)
         self.cache = Cache(config.cache, self.metrics, tracing)
+        # Counters live in Redis when L2 is on, so limits hold across workers and replicas.
+        self.limiter = RateLimiter(config.auth.keys, self.cache.l2,
+                                   key_prefix=config.cache.key_prefix + "rl:")
         self.ready = False
         self.draining = False
         self.started_at = time.time()

@@ -1,0 +1,326 @@
+"""Per-key `rpm` and `tpm` limits over a rolling 60-second window (SPEC §4 "Auth").
+
+Theory of operation
+-------------------
+Both limits count in a *sliding window of one-second buckets*: an event at time t goes
+into bucket ``floor(t)`` and counts until ``floor(t) + 61``, so it is counted for between
+60 and 61 seconds. Rounding that way is conservative: in every rolling 60-second span a
+key gets at most `rpm` requests admitted. A window holds at most 61 buckets per kind,
+whatever the traffic, so memory per key is bounded without any tuning.
+
+* `admit(key)` runs before a request is served (cache hits included). It refuses the
+  request while the key's tokens in the window already reach `tpm` (the pre-check that
+  keeps one key from running far past its budget: tokens are only known after the
+  answer) or its requests reach `rpm`; otherwise it counts the request. A refused request
+  is not counted, so a client that keeps retrying is admitted as soon as the window frees.
+  `RateLimited.retry_after` is the time until the oldest buckets have expired far enough
+  for the next request to pass both checks.
+* `charge(key, tokens)` runs after an upstream answer with its usage (prompt +
+  completion). Cache hits are never charged.
+
+Where the counters live: in this process when no Redis tier is given. With a tier, the
+window of each key is one Redis hash, ``{prefix}{name}``, updated by one Lua script per
+call (one round trip, atomic, so every replica and worker sharing the Redis enforces one
+limit together). The hash holds a field per bucket and kind (``r<second>``, ``t<second>``),
+running totals (``rn``, ``tn``) and the oldest bucket that may hold data (``h``); a call
+first drops the buckets that left the window, subtracting them from the totals, so its
+cost is bounded by the window, not by the traffic. The hash expires 62 s after its last
+write. With Redis the clock is Redis's own (``TIME``), so replicas need not agree on
+time; a test may pass `now` to fix it.
+
+Redis being down never fails a request: on `L2Unavailable` the call is decided by the
+in-process window instead, and one warning is logged per outage. The in-process window
+always shadows this process's own traffic, so during an outage each process enforces the
+limits on what it has seen itself (limits become per-process until Redis is back).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from redis.commands.core import Script
+
+from .config import AuthKey
+from .errors import RateLimited
+from .l2 import L2Unavailable, RedisClient, RedisTier
+from .logs import log
+
+__all__ = ["WINDOW_S", "RateLimiter", "SlidingWindow"]
+
+#: Length of the rolling window, seconds. Buckets are one second wide.
+WINDOW_S = 60
+#: Seconds the Redis hash outlives its last write (one bucket plus a second of slack).
+_KEY_TTL_S = WINDOW_S + 2
+
+# KEYS[1]: the key's window hash.
+# ARGV[1]: now in seconds (a negative value: use Redis TIME), ARGV[2]: "admit" or "charge",
+# ARGV[3]: rpm (0: none), ARGV[4]: tpm (0: none), ARGV[5]: tokens to charge.
+# Returns {1, 0} when admitted or charged, {0, wait_ms} when refused.
+_LUA = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local window = %(window)d
+local cur = math.floor(now)
+local first = cur - window
+local h = redis.call('HGET', key, 'h')
+local head = first
+if h then head = tonumber(h) end
+if head < first then
+  if first - head > window then
+    redis.call('DEL', key)
+  else
+    local rn = tonumber(redis.call('HGET', key, 'rn') or '0')
+    local tn = tonumber(redis.call('HGET', key, 'tn') or '0')
+    for b = head, first - 1 do
+      local r = redis.call('HGET', key, 'r' .. b)
+      if r then rn = rn - tonumber(r) end
+      local t = redis.call('HGET', key, 't' .. b)
+      if t then tn = tn - tonumber(t) end
+      redis.call('HDEL', key, 'r' .. b, 't' .. b)
+    end
+    redis.call('HSET', key, 'rn', rn, 'tn', tn, 'h', first)
+  end
+  head = first
+end
+-- Writes go to this second's bucket, or to `head` if the clock stepped back past it, so
+-- every bucket stays within head .. head + window, where expiry and free_at look.
+local wb = math.max(cur, head)
+
+if ARGV[2] == 'charge' then
+  local tokens = tonumber(ARGV[5])
+  redis.call('HINCRBY', key, 't' .. wb, tokens)
+  redis.call('HINCRBY', key, 'tn', tokens)
+  redis.call('HSET', key, 'h', head)
+  redis.call('EXPIRE', key, %(ttl)d)
+  return {1, 0}
+end
+
+local rpm = tonumber(ARGV[3])
+local tpm = tonumber(ARGV[4])
+local function free_at(kind, total, limit)
+  -- the end of the bucket whose expiry brings `total` under `limit`
+  for b = head, head + window do
+    local v = redis.call('HGET', key, kind .. b)
+    if v then
+      total = total - tonumber(v)
+      if total < limit then return b + 1 + window - now end
+    end
+  end
+  return cur + 1 + window - now
+end
+local wait = 0
+if tpm > 0 then
+  local tn = tonumber(redis.call('HGET', key, 'tn') or '0')
+  if tn >= tpm then wait = math.max(wait, free_at('t', tn, tpm)) end
+end
+if rpm > 0 then
+  local rn = tonumber(redis.call('HGET', key, 'rn') or '0')
+  if rn >= rpm then wait = math.max(wait, free_at('r', rn, rpm)) end
+end
+if wait > 0 then
+  return {0, math.ceil(wait * 1000)}
+end
+if rpm > 0 then
+  redis.call('HINCRBY', key, 'r' .. wb, 1)
+  redis.call('HINCRBY', key, 'rn', 1)
+  redis.call('HSET', key, 'h', head)
+  redis.call('EXPIRE', key, %(ttl)d)
+end
+return {1, 0}
+""" % {"window": WINDOW_S, "ttl": _KEY_TTL_S}
+
+
+class SlidingWindow:
+    """Amounts in one-second buckets over the last `WINDOW_S` seconds (at most 61 buckets).
+
+    The in-process twin of the Redis hash: the same buckets, expiry and wait arithmetic,
+    so falling back from Redis changes where the numbers live, not what they mean.
+    """
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        # [second, amount], oldest first; seconds strictly increase.
+        self.buckets: deque[list[int]] = deque()
+        self.total = 0
+
+    def expire(self, now: float) -> None:
+        """Drop the buckets that left the window at `now`."""
+        first = math.floor(now) - WINDOW_S
+        buckets = self.buckets
+        while buckets and buckets[0][0] < first:
+            self.total -= buckets.popleft()[1]
+
+    def add(self, now: float, amount: int) -> None:
+        self.expire(now)
+        second = math.floor(now)
+        buckets = self.buckets
+        if buckets and buckets[-1][0] >= second:
+            # Same second, or a clock that stepped back: count it in the newest bucket,
+            # which expires no earlier than `second` would.
+            buckets[-1][1] += amount
+        else:
+            buckets.append([second, amount])
+        self.total += amount
+
+    def wait(self, now: float, limit: int) -> float:
+        """Seconds until the total drops below `limit` (0 if it already is). Expire first."""
+        total = self.total
+        if total < limit:
+            return 0.0
+        for second, amount in self.buckets:
+            total -= amount
+            if total < limit:
+                return second + 1 + WINDOW_S - now
+        return math.floor(now) + 1 + WINDOW_S - now  # unreachable while totals are consistent
+
+
+class _Local:
+    """One key's limits and its in-process windows."""
+
+    __slots__ = ("name", "rpm", "tpm", "requests", "tokens")
+
+    def __init__(self, name: str, rpm: int | None, tpm: int | None) -> None:
+        self.name = name
+        self.rpm = rpm
+        self.tpm = tpm
+        self.requests = SlidingWindow()
+        self.tokens = SlidingWindow()
+
+    def admit(self, now: float) -> float:
+        """Count one request and return 0, or return the seconds to wait (nothing counted)."""
+        wait = 0.0
+        if self.tpm is not None:
+            self.tokens.expire(now)
+            wait = self.tokens.wait(now, self.tpm)
+        if self.rpm is not None:
+            self.requests.expire(now)
+            wait = max(wait, self.requests.wait(now, self.rpm))
+            if wait == 0.0:
+                self.requests.add(now, 1)
+        return wait
+
+    def shadow(self, now: float) -> None:
+        """Record a request Redis admitted, so a later fallback starts from real numbers."""
+        if self.rpm is not None:
+            self.requests.add(now, 1)
+
+
+class RateLimiter:
+    """Per-key rpm/tpm limits, in Redis when a tier is given, else in this process.
+
+    Args:
+        keys: the configured client keys; only those with `rpm` or `tpm` are limited.
+        tier: the Redis tier shared by all replicas (the cache's L2), or None.
+        key_prefix: prefix of the Redis hash of each key's window.
+        clock: seconds for the in-process windows when `now` is not passed.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[AuthKey],
+        tier: RedisTier | None,
+        key_prefix: str = "edge:v1:rl:",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limits = {
+            k.name: _Local(k.name, k.rpm, k.tpm)
+            for k in keys
+            if k.rpm is not None or k.tpm is not None
+        }
+        self._tier = tier
+        self._prefix = key_prefix
+        self._clock = clock
+        self._script: Script | None = None
+        self._degraded = False  # in a Redis outage, already warned about it
+
+    def limited(self, key_name: str) -> bool:
+        """True when `key_name` has an rpm or tpm limit (else admit/charge do nothing)."""
+        return key_name in self._limits
+
+    async def admit(self, key_name: str, now: float | None = None) -> None:
+        """Count one request for `key_name`, or refuse it.
+
+        Raises:
+            RateLimited: the key's requests in the window reached `rpm`, or its tokens
+                reached `tpm`; `retry_after` is the seconds until the window frees enough.
+        """
+        local = self._limits.get(key_name)
+        if local is None:
+            return
+        wait: float
+        if self._tier is not None:
+            try:
+                allowed, wait_ms = await self._redis(local, "admit", now, 0)
+            except L2Unavailable as exc:
+                self._fall_back(exc)
+            else:
+                self._degraded = False
+                if allowed:
+                    local.shadow(self._now(now))
+                    return
+                self._refuse(local, wait_ms / 1000.0)
+        wait = local.admit(self._now(now))
+        if wait > 0.0:
+            self._refuse(local, wait)
+
+    async def charge(self, key_name: str, tokens: int, now: float | None = None) -> None:
+        """Add the `tokens` an upstream answer used (prompt + completion) to the key's window."""
+        local = self._limits.get(key_name)
+        if local is None or local.tpm is None or tokens <= 0:
+            return
+        local.tokens.add(self._now(now), tokens)
+        if self._tier is not None:
+            try:
+                await self._redis(local, "charge", now, tokens)
+            except L2Unavailable as exc:
+                self._fall_back(exc)
+            else:
+                self._degraded = False
+
+    # -- internals -------------------------------------------------------------------
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
+    def _refuse(self, local: _Local, wait: float) -> None:
+        what = []
+        if local.rpm is not None:
+            what.append(f"{local.rpm} requests")
+        if local.tpm is not None:
+            what.append(f"{local.tpm} tokens")
+        raise RateLimited(
+            f"Rate limit exceeded for key '{local.name}' ({' and '.join(what)} per minute); "
+            f"retry after {math.ceil(wait)} s.",
+            retry_after=wait,
+        )
+
+    def _fall_back(self, exc: L2Unavailable) -> None:
+        if not self._degraded:
+            self._degraded = True
+            log.warning("rate limits: Redis unavailable; enforcing them per process until it "
+                        "is back", reason=str(exc))
+
+    async def _redis(self, local: _Local, op: str, now: float | None,
+                     tokens: int) -> tuple[bool, int]:
+        assert self._tier is not None
+        key = self._prefix + local.name
+        args: list[str | int] = [repr(-1.0 if now is None else float(now)), op, local.rpm or 0,
+                                 local.tpm or 0, tokens]
+
+        def run(client: RedisClient) -> tuple[bool, int]:
+            script = self._script
+            if script is None:
+                # Script runs EVALSHA and loads the source on NOSCRIPT (a restarted Redis).
+                script = self._script = client.register_script(_LUA)
+            allowed, wait_ms = script(keys=[key], args=args, client=client)
+            return bool(allowed), int(wait_ms)
+
+        return await self._tier.call(run)
