@@ -3,10 +3,19 @@
 Label values are bounded: provider names and model names come from the config (a
 client's model string is reported only when it resolved to a configured deployment),
 error types from our own error classes. Nothing per request (ids, prompts) is a label.
+
+Several workers (`server.workers > 1`) each count in their own process; prometheus-client's
+multiprocess mode keeps every worker's values in mmap files in one directory, and a scrape
+of any worker merges them (`MultiProcessCollector`). The mode is chosen when
+prometheus_client is imported, from PROMETHEUS_MULTIPROC_DIR, so `edge.server` puts that
+variable in the workers' environment before they start; `Metrics(multiprocess_dir=...)`
+then only checks that it really is in effect and renders the merged view.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -15,8 +24,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # 5 ms .. 120 s: LLM answers range from cached (ms) to long generations (minutes).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
@@ -27,13 +38,34 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Model names can come from clients (a glob such as "gpt-*" admits any suffix): past this
 # many distinct values, further ones are reported as "other".
 MAX_MODEL_LABELS = 200
+# Read by prometheus_client at import time; edge.server sets it for worker processes.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
-    """Every metric edge exports; `render()` is the /metrics body."""
+    """Every metric edge exports; `render()` is the /metrics body.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Args:
+        registry: where the metrics register; a fresh one by default, so that several
+            apps in one process (tests) do not collide.
+        multiprocess_dir: the directory all workers of one edge instance write to; /metrics
+            then shows the sum over the workers. It must be the PROMETHEUS_MULTIPROC_DIR this
+            process had when prometheus_client was imported.
+
+    Raises:
+        RuntimeError: `multiprocess_dir` is given but prometheus-client is not writing there.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 multiprocess_dir: str | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir
+        self._scraped = self.registry
+        if multiprocess_dir is not None:
+            _check_multiprocess(multiprocess_dir)
+            self._scraped = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self._scraped, path=multiprocess_dir)
         r = self.registry
         self.requests = Counter(
             "llm_edge_requests", "Requests answered, by endpoint and status class",
@@ -73,8 +105,9 @@ class Metrics:
                                  ["provider"], registry=r)
         self.hedges = Counter("llm_edge_hedges", "Hedged attempts started", ["provider"],
                               registry=r)
+        # livemax: open if open in any live worker; a dead worker's last value must not stick.
         self.circuit_open = Gauge("llm_edge_circuit_open", "1 while a provider's circuit is open",
-                                  ["provider"], registry=r, multiprocess_mode="max")
+                                  ["provider"], registry=r, multiprocess_mode="livemax")
         self.l2_dropped_writes = Counter("llm_edge_cache_l2_dropped_writes",
                                          "L2 writes dropped because the queue was full or L2 down",
                                          registry=r)
@@ -89,6 +122,18 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def prime(self, providers: Iterable[str]) -> None:
+        """Zero-valued series for each configured provider.
+
+        A labelled series appears only once something touched it, so without this a healthy
+        fleet shows "no data" for circuits, failovers and hedges (and multiprocess mode leaves
+        the names out of /metrics altogether) until the first incident.
+        """
+        for provider in providers:
+            self.child(self.circuit_open, provider).set(0)
+            self.child(self.failovers, provider)
+            self.child(self.hedges, provider)
 
     def model_label(self, model: str) -> str:
         if model in self._models:
@@ -108,4 +153,19 @@ class Metrics:
             self.child(self.cost, provider, model).inc(cost)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text exposition: this process's values, or every worker's summed."""
+        return generate_latest(self._scraped)
+
+
+def _check_multiprocess(directory: str) -> None:
+    """Fail loudly if values would go to memory (or elsewhere) while /metrics reads `directory`."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        raise RuntimeError(
+            f"{MULTIPROC_ENV} was not set when prometheus_client was imported in this process; "
+            "start workers with it in their environment (see edge.server)")
+    current = os.environ.get(MULTIPROC_ENV)
+    if current is None or os.path.realpath(current) != os.path.realpath(directory):
+        raise RuntimeError(f"{MULTIPROC_ENV} is {current!r}, not the metrics directory "
+                           f"{directory!r} this worker was given")
+    if not os.path.isdir(directory):
+        raise RuntimeError(f"the metrics directory {directory!r} does not exist")

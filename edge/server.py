@@ -4,6 +4,12 @@ One worker runs in this process. With `workers > 1` the parent binds the sockets
 that many spawned processes which all accept on them, and turns SIGTERM/SIGINT into a
 shared shutdown event; each worker then drains like a single one would.
 
+Metrics across workers: the parent makes a private directory (one per edge instance, so
+two instances on one host never mix or delete each other's files), hands it to the
+workers as PROMETHEUS_MULTIPROC_DIR in the environment they are spawned with (it must be
+there before prometheus_client is imported, which happens while the child unpickles its
+target), tells prometheus-client when a worker is gone, and removes the directory on exit.
+
 Drain: the shutdown trigger marks the service as draining (new requests on kept-alive
 connections get 503, /health/ready says 503), Hypercorn stops accepting and gives the
 requests in flight, streams included, `graceful_timeout_s` to finish; then the lifespan
@@ -13,11 +19,15 @@ closes the service.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -25,11 +35,16 @@ from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
+from prometheus_client.multiprocess import mark_process_dead
 
 from .app import EdgeApp, build_app
 from .config import Config, load_config
 from .logs import log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import MULTIPROC_ENV, Metrics
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework
 
 Trigger = Callable[[], Awaitable[None]]
 
@@ -91,6 +106,7 @@ async def serve(
     *,
     shutdown_trigger: Trigger | None = None,
     sockets: tuple[Sockets, Sockets | None] | None = None,
+    metrics_dir: str | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve edge in the current Trio run until `shutdown_trigger` returns, then drain.
@@ -99,9 +115,13 @@ async def serve(
         config: the parsed configuration.
         shutdown_trigger: returns when it is time to stop; default: SIGTERM or SIGINT.
         sockets: pre-bound (proxy, metrics) sockets, as a worker process receives them.
+        metrics_dir: the multiprocess metrics directory shared by all workers of this
+            instance (None: one process, metrics in memory).
         task_status: started with the proxy's bound addresses (port 0 works).
     """
-    app = build_app(config)
+    metrics = Metrics(multiprocess_dir=metrics_dir)
+    metrics.prime(p.name for p in config.providers)
+    app = build_app(config, metrics)
     trigger = shutdown_trigger or _wait_for_signal
     stop = trio.Event()
 
@@ -113,20 +133,22 @@ async def serve(
 
     hc = hypercorn_config(config)
     metrics_port = config.server.metrics_port if config.enable_metrics else 0
+    # Our apps take plain dicts; Hypercorn's annotations want its TypedDict scopes.
+    asgi = cast("ASGIFramework", app)
     async with trio.open_nursery() as nursery:
         if sockets is None:
             binds = await nursery.start(
-                partial(hypercorn_serve, app, hc, shutdown_trigger=proxy_trigger)
+                partial(hypercorn_serve, asgi, hc, shutdown_trigger=proxy_trigger)
             )
         else:
             binds = await nursery.start(
-                partial(worker_serve, wrap_app(app, hc.wsgi_max_body_size, None), hc,
+                partial(worker_serve, wrap_app(asgi, hc.wsgi_max_body_size, None), hc,
                         sockets=sockets[0], shutdown_trigger=proxy_trigger)
             )
         if metrics_port:
             mc = hypercorn_config(config, metrics_port)
             mc.graceful_timeout = 1
-            mapp = MetricsApp(app)
+            mapp = cast("ASGIFramework", MetricsApp(app))
             if sockets is None or sockets[1] is None:
                 mbinds = await nursery.start(
                     partial(hypercorn_serve, mapp, mc, shutdown_trigger=stop.wait))
@@ -171,19 +193,34 @@ def _run_workers(config: Config, load_args: dict[str, Any]) -> int:
         print(f"Error: cannot listen on {config.server.host}:{config.server.port}: {exc}",
               file=sys.stderr)
         return 1
+    # With metrics off nothing is scraped, so the workers need no shared files either.
+    metrics_dir = tempfile.mkdtemp(prefix="edge-metrics-") if config.enable_metrics else None
+    try:
+        return _supervise(config, load_args, (proxy_sockets, metrics_sockets), metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(config: Config, load_args: dict[str, Any],
+               sockets: tuple[Sockets, Sockets | None], metrics_dir: str | None) -> int:
+    """Start the workers, wait for a signal or a worker's death, then stop them all."""
     ctx = multiprocessing.get_context("spawn")
     shutdown = ctx.Event()
     processes = []
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # children inherit "ignore"
-    for _ in range(config.server.workers):
-        process = ctx.Process(
-            target=_worker_main,
-            kwargs={"load_args": load_args, "sockets": (proxy_sockets, metrics_sockets),
-                    "shutdown": shutdown},
-        )
-        process.start()
-        processes.append(process)
+    with _environ(MULTIPROC_ENV, metrics_dir):
+        for _ in range(config.server.workers):
+            process = ctx.Process(
+                target=_worker_main,
+                kwargs={"load_args": load_args, "sockets": sockets, "shutdown": shutdown,
+                        "metrics_dir": metrics_dir},
+            )
+            process.start()
+            processes.append(process)
     signal.signal(signal.SIGINT, previous)
+    if metrics_dir is not None:
+        log.info("metrics aggregate across workers", workers=len(processes), dir=metrics_dir)
 
     def request_shutdown(signum: int, frame: Any) -> None:
         log.info("shutting down workers", signal=signal.Signals(signum).name)
@@ -196,7 +233,11 @@ def _run_workers(config: Config, load_args: dict[str, Any]) -> int:
 
     while not shutdown.is_set():
         finished = wait_any([p.sentinel for p in processes], timeout=0.5)
-        if finished:
+        # A worker that exits because SIGTERM arrived during the wait is draining, not dying.
+        if finished and not shutdown.is_set():
+            for process in processes:
+                if not process.is_alive():
+                    _forget_worker(process, metrics_dir)
             shutdown.set()  # a worker died: take the rest down cleanly rather than limp on
             exit_code = 1
     deadline = config.server.graceful_timeout_s + 5
@@ -205,13 +246,37 @@ def _run_workers(config: Config, load_args: dict[str, Any]) -> int:
         if process.is_alive():
             process.terminate()
             process.join(timeout=5)
+        _forget_worker(process, metrics_dir)  # the others may still answer scrapes
     if exit_code == 0 and any(p.exitcode not in (0, None) for p in processes):
         exit_code = 1
     return exit_code
 
 
+@contextmanager
+def _environ(name: str, value: str | None) -> Iterator[None]:
+    """`name=value` in os.environ (which spawned children inherit), restored afterwards."""
+    if value is None:
+        yield
+        return
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+
+
+def _forget_worker(process: Any, metrics_dir: str | None) -> None:
+    """Drop a dead worker's live gauges (in-flight, circuit state); its counters stay summed."""
+    if metrics_dir is not None and process.pid is not None:
+        mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
 def _worker_main(load_args: dict[str, Any], sockets: tuple[Sockets, Sockets | None],
-                 shutdown: Any) -> None:
+                 shutdown: Any, metrics_dir: str | None = None) -> None:
     config = load_config(**load_args)
     for bound in sockets:
         if bound is not None:
@@ -222,7 +287,7 @@ def _worker_main(load_args: dict[str, Any], sockets: tuple[Sockets, Sockets | No
     async def trigger() -> None:
         async with trio.open_nursery() as nursery:
             async def by_event() -> None:
-                while not shutdown.is_set():
+                while not shutdown.is_set():  # noqa: ASYNC110 - a process-shared Event
                     await trio.sleep(0.1)
                 nursery.cancel_scope.cancel()
 
@@ -235,4 +300,5 @@ def _worker_main(load_args: dict[str, Any], sockets: tuple[Sockets, Sockets | No
             nursery.start_soon(by_event)
             nursery.start_soon(by_signal)
 
-    trio.run(partial(serve, config, shutdown_trigger=trigger, sockets=sockets))
+    trio.run(partial(serve, config, shutdown_trigger=trigger, sockets=sockets,
+                     metrics_dir=metrics_dir))

@@ -168,8 +168,9 @@ class _HeaderSetter:
         carrier.append((key, value))
 
 
-_GETTER = _HeaderGetter()
-_SETTER = _HeaderSetter()
+# Typed Any: opentelemetry's Getter/Setter base classes are not imported while tracing is off.
+_GETTER: Any = _HeaderGetter()
+_SETTER: Any = _HeaderSetter()
 
 
 class _Otel:

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_wheel_builds_from_sdist(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
-                   cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     (sdist,) = tmp_path.glob("edge-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
@@ -26,9 +27,10 @@ def test_wheel_builds_from_sdist(tmp_path: Path) -> None:
 
     # Build from the sdist alone (no repository around it), compiling the extension.
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(sdist)], check=True, capture_output=True,
-                   cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                           "--no-build-isolation", "-q", "-w", str(wheels), str(sdist)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     (wheel,) = wheels.glob("edge-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         members = zf.namelist()
