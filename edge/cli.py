@@ -7,6 +7,7 @@ bad arguments, 1 anything else that stops the server (a port already in use, say
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import Any
 
@@ -73,6 +74,10 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(**load_args)
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if config.enable_tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
+        print("Error: environment: ENABLE_TRACING: tracing needs the OpenTelemetry packages; "
+              "install them with: pip install 'edge[tracing]'", file=sys.stderr)
         return 2
     log.threshold = {"debug": 10, "info": 20, "warning": 30, "error": 40}[config.server.log_level]
     for warning in config.warnings:
