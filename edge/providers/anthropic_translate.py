@@ -239,22 +239,27 @@ def _openai_max_tokens(body: Mapping[str, Any]) -> int:
     return DEFAULT_MAX_TOKENS
 
 
-def _openai_texts(content: object, where: str) -> list[str]:
-    """Non-empty texts of a string or a list of text parts (system, tool content)."""
+def _texts(content: object, where: str, noun: str) -> list[str]:
+    """Non-empty texts of a string or a list of text parts/blocks (`noun` names which)."""
     if isinstance(content, str):
         return [content] if content else []
     if not isinstance(content, list):
-        raise _bad(where, "expected a string or a list of text parts")
+        raise _bad(where, f"expected a string or a list of text {noun}s")
     texts = []
     for j, part in enumerate(content):
         if not isinstance(part, Mapping) or part.get("type") != "text":
-            raise _bad(f"{where}[{j}]", "expected a text part")
+            raise _bad(f"{where}[{j}]", f"expected a text {noun}")
         text = part.get("text")
         if not isinstance(text, str):
             raise _bad(f"{where}[{j}].text", "expected a string")
         if text:
             texts.append(text)
     return texts
+
+
+def _openai_texts(content: object, where: str) -> list[str]:
+    """Texts of OpenAI content: a string or text parts (system, tool content)."""
+    return _texts(content, where, "part")
 
 
 def _openai_user_blocks(content: object, where: str) -> list[JSON]:
@@ -751,21 +756,8 @@ def anthropic_request_to_openai(body: Mapping[str, Any], model: str) -> JSON:
 
 
 def _anthropic_texts(content: object, where: str) -> list[str]:
-    """Non-empty texts of a string or a list of text blocks."""
-    if isinstance(content, str):
-        return [content] if content else []
-    if not isinstance(content, list):
-        raise _bad(where, "expected a string or a list of text blocks")
-    texts = []
-    for j, block in enumerate(content):
-        if not isinstance(block, Mapping) or block.get("type") != "text":
-            raise _bad(f"{where}[{j}]", "expected a text block")
-        text = block.get("text")
-        if not isinstance(text, str):
-            raise _bad(f"{where}[{j}].text", "expected a string")
-        if text:
-            texts.append(text)
-    return texts
+    """Texts of Anthropic content: a string or text blocks."""
+    return _texts(content, where, "block")
 
 
 def _openai_image(block: Mapping[str, Any], where: str) -> JSON:
