@@ -22,8 +22,8 @@ import trio
 
 from . import schema
 from ._version import __version__
-from .config import Config
 from .cache import Cache, Entry, Flight
+from .config import Config
 from .dialects import AnthropicDialect, Dialect, EventSource, OpenAIDialect
 from .errors import (
     BadRequest,
@@ -36,13 +36,13 @@ from .errors import (
     UpstreamError,
     render,
 )
+from .failover import Attempts
 from .logs import LEVELS, log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .routing import Deployment
 from .service import Edge, open_edge
 from .tracing import Tracing
-from .failover import Attempts
 
 T = TypeVar("T")
 Scope = dict[str, Any]
@@ -191,13 +191,15 @@ class EdgeApp:
         route = self._routes.get(path)
         req.anthropic = path == "/v1/messages"
         try:
+            if path.startswith("/v1/"):
+                self.authenticate(req)  # every /v1/* answer needs a key, even a 404 or 405
             if route is None:
-                raise NotFound(f"Unknown path: {path}", code="unknown_url")
+                raise NotFound(f"Unknown path: {path[:200]}", code="unknown_url")
             methods, handler = route
             if req.scope["method"] not in methods:
                 raise MethodNotAllowed(
-                    f"Method {req.scope['method']} is not allowed on {path}; use {methods[0]}."
-                )
+                    f"Method {req.scope['method'][:16]} is not allowed on {path}; "
+                    f"use {methods[0]}.")
             if self.tracing.enabled:
                 await self._traced(req, handler, path)
             else:
@@ -208,7 +210,7 @@ class EdgeApp:
             req.status = 499
         except Exception as exc:  # the last line of defence: log it, answer in format
             log.error("unhandled error", request_id=req.request_id.decode(), error=repr(exc),
-                      path=path)
+                      path=path[:200])
             await self.send_error(req, EdgeError("Internal error in edge; see the proxy log."))
         if req.status >= 500:
             self._log_request(req, path, "warning")
@@ -237,7 +239,7 @@ class EdgeApp:
     @staticmethod
     def _log_request(req: Request, path: str, level: str) -> None:
         log.log(level, "request", request_id=req.request_id.decode(), method=req.scope["method"],
-                path=path, status=req.status, latency_ms=round(req.elapsed_ms(), 3),
+                path=path[:200], status=req.status, latency_ms=round(req.elapsed_ms(), 3),
                 provider=req.provider, model=req.model, tenant=req.tenant,
                 cache=req.cache.decode() if req.cache is not None else None)
 
@@ -255,7 +257,7 @@ class EdgeApp:
             if route is not None:
                 headers.append((b"allow", ", ".join(route[0]).encode()))
         req.status = status
-        self.metrics.child(self.metrics.errors, error.type).inc()
+        self.metrics.child(self.metrics.errors, error.kind).inc()
         self.metrics.child(self.metrics.requests, req.endpoint, _status_class(status)).inc()
         try:
             await req.send({"type": "http.response.start", "status": status, "headers": headers})
@@ -395,7 +397,6 @@ class EdgeApp:
     async def _completion(self, req: Request, dialect: Dialect) -> None:
         req.endpoint = dialect.endpoint
         edge = self.service()
-        self.authenticate(req)
         if edge.limiter.limited(req.tenant):
             await edge.limiter.admit(req.tenant)
         raw = await self.read_body(req)
@@ -626,7 +627,7 @@ class EdgeApp:
         except UpstreamError as error:
             # Headers are gone already: end the stream with an error event, never a clean end.
             m = self.metrics
-            m.child(m.provider_errors, dep.provider.name, error.type).inc()
+            m.child(m.provider_errors, dep.provider.name, error.kind).inc()
             m.child(m.requests, req.endpoint, "5xx").inc()
             req.finished = True
             await send({"type": "http.response.body", "body": dialect.error_frame(error),
@@ -645,7 +646,6 @@ class EdgeApp:
 
     async def models(self, req: Request) -> None:
         edge = self.service()
-        self.authenticate(req)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": owner}
                 for name, owner in edge.router.model_list()]
         await self.send_json(req, 200, orjson.dumps({"object": "list", "data": data}))

@@ -10,7 +10,7 @@ from typing import Any
 
 
 class ChatAssembler:
-    """Feed `chat.completion.chunk` dicts in order; `result()` is the equivalent `chat.completion`."""
+    """Feed `chat.completion.chunk` dicts in order; `result()` is the same `chat.completion`."""
 
     __slots__ = ("_head", "_choices", "usage", "finished")
 
@@ -122,7 +122,8 @@ def replay_chunks(answer: dict[str, Any], include_usage: bool) -> list[dict[str,
         index = choice.get("index", 0)
         message = choice.get("message") or {}
         delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": ""}
-        chunks.append({**head, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        chunks.append(
+            {**head, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
         if message.get("content"):
             chunks.append(
                 {**head, "choices": [{"index": index, "delta": {"content": message["content"]},

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (else $EDGE_CONFIG, else ./edge.toml)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="proxy port (default 8080)")
-    serve.add_argument("--metrics-port", type=int, help="Prometheus port, 0 disables (default 9090)")
+    serve.add_argument("--metrics-port", type=int,
+                       help="Prometheus port, 0 disables (default 9090)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        help="log level (default info)")

@@ -240,12 +240,17 @@ def _fail(where: str, what: str) -> ConfigError:
 
 
 def _describe(value: Any) -> str:
-    """Render an offending value for a message: strings quoted and shortened."""
+    """Render an offending value for a message: short strings quoted, long ones only sized.
+
+    A long string in the wrong place may well be a secret (a key pasted as `rpm`, say), and
+    error messages go to terminals and CI logs, so it is described, never echoed.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return json.dumps(shown, ensure_ascii=False)
+        if len(value) > 24:
+            return f"a string of {len(value)} characters"
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, dict):

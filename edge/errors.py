@@ -60,6 +60,12 @@ class EdgeError(Exception):
         self.code = code if code is not None else self.default_code
         self.retry_after = retry_after
 
+    @property
+    def kind(self) -> str:
+        """The error's type as edge defines it, for metric labels: an upstream's own type
+        string (passed on to the client) is not a bounded label value."""
+        return type(self).type
+
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after is None:
             return []

@@ -106,7 +106,7 @@ class Attempts(Generic[T]):
     def _failed(self, dep: Deployment, error: UpstreamError) -> None:
         now = time.monotonic()
         m = self.metrics
-        m.child(m.provider_errors, dep.provider.name, error.type).inc()
+        m.child(m.provider_errors, dep.provider.name, error.kind).inc()
         if error.retryable:
             dep.breaker.failure(now)
         else:
@@ -220,7 +220,7 @@ class Attempts(Generic[T]):
             nursery.cancel_scope.cancel()  # the winner (or the end) cancels the others
         # Answers that finished while we were deciding lost the race: release them.
         send.close()
-        async for dep, answer, error in receive:
+        async for _, answer, error in receive:
             if error is None and self.discard is not None:
                 with trio.CancelScope(shield=True):
                     await self.discard(answer)

@@ -25,8 +25,8 @@ limit together). The hash holds a field per bucket and kind (``r<second>``, ``t<
 running totals (``rn``, ``tn``) and the oldest bucket that may hold data (``h``); a call
 first drops the buckets that left the window, subtracting them from the totals, so its
 cost is bounded by the window, not by the traffic. The hash expires 62 s after its last
-write. With Redis the clock is Redis's own (``TIME``), so replicas need not agree on
-time; a test may pass `now` to fix it.
+write. With Redis the clock is Redis's own (``TIME``; Redis 5 or later, whose scripts
+replicate their effects), so replicas need not agree on time; a test may pass `now`.
 
 Redis being down never fails a request: on `L2Unavailable` the call is decided by the
 in-process window instead, and one warning is logged per outage. The in-process window
@@ -40,6 +40,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from redis.commands.core import Script
 
@@ -66,7 +67,7 @@ if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local window = %(window)d
+local window = __WINDOW__
 local cur = math.floor(now)
 local first = cur - window
 local h = redis.call('HGET', key, 'h')
@@ -98,7 +99,7 @@ if ARGV[2] == 'charge' then
   redis.call('HINCRBY', key, 't' .. wb, tokens)
   redis.call('HINCRBY', key, 'tn', tokens)
   redis.call('HSET', key, 'h', head)
-  redis.call('EXPIRE', key, %(ttl)d)
+  redis.call('EXPIRE', key, __TTL__)
   return {1, 0}
 end
 
@@ -131,10 +132,10 @@ if rpm > 0 then
   redis.call('HINCRBY', key, 'r' .. wb, 1)
   redis.call('HINCRBY', key, 'rn', 1)
   redis.call('HSET', key, 'h', head)
-  redis.call('EXPIRE', key, %(ttl)d)
+  redis.call('EXPIRE', key, __TTL__)
 end
 return {1, 0}
-""" % {"window": WINDOW_S, "ttl": _KEY_TTL_S}
+""".replace("__WINDOW__", str(WINDOW_S)).replace("__TTL__", str(_KEY_TTL_S))
 
 
 class SlidingWindow:
@@ -255,7 +256,6 @@ class RateLimiter:
         local = self._limits.get(key_name)
         if local is None:
             return
-        wait: float
         if self._tier is not None:
             try:
                 allowed, wait_ms = await self._redis(local, "admit", now, 0)
@@ -290,7 +290,7 @@ class RateLimiter:
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
 
-    def _refuse(self, local: _Local, wait: float) -> None:
+    def _refuse(self, local: _Local, wait: float) -> NoReturn:
         what = []
         if local.rpm is not None:
             what.append(f"{local.rpm} requests")

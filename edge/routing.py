@@ -28,8 +28,8 @@ from .fastpath import (
     retry_after_all,
 )
 from .pricing import PriceTable
-from .schema import prompt_chars as prompt_size
 from .providers import Provider
+from .schema import prompt_chars as prompt_size
 
 _MEMO_LIMIT = 4096  # model names come from clients: bound the memo
 _STRATEGIES = {"model": STRATEGY_MODEL, "failover": STRATEGY_FAILOVER, "cost": STRATEGY_COST,

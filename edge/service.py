@@ -19,8 +19,8 @@ from .config import Config
 from .logs import log
 from .metrics import Metrics
 from .pricing import PriceTable
-from .ratelimit import RateLimiter
 from .providers import Provider, make_provider
+from .ratelimit import RateLimiter
 from .routing import Router
 from .tracing import Tracing
 from .transport import LeanTransport

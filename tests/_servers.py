@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from _redis import free_port
 
 __all__ = ["EdgeProcess", "MockUpstream", "edge_factory", "mock_upstream", "spawn_mock",

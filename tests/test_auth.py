@@ -15,7 +15,6 @@ import httpx
 import openai
 import orjson
 import pytest
-
 from _servers import EdgeProcess, MockUpstream
 
 PROVIDER_KEY = "sk-auth-test-provider-5b1c0e"
@@ -109,7 +108,8 @@ def assert_openai_401(response: httpx.Response) -> None:
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "authentication_error"
     assert error["code"] == "invalid_api_key"
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
 
 
 def assert_anthropic_401(response: httpx.Response) -> None:
@@ -117,7 +117,8 @@ def assert_anthropic_401(response: httpx.Response) -> None:
     body = response.json()
     assert body["type"] == "error"
     assert body["error"]["type"] == "authentication_error"
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
 
 
 # -- which keys work ---------------------------------------------------------------------
@@ -206,10 +207,12 @@ def test_allow_anonymous_serves_keyless_requests_as_their_own_tenant(
         anonymous_ok: EdgeProcess) -> None:
     chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "tenant scope"}]}
     first = post(anonymous_ok, "/v1/chat/completions", chat)
-    assert first.status_code == 200 and first.headers["x-edge-cache"] == "miss"
+    assert first.status_code == 200
+    assert first.headers["x-edge-cache"] == "miss"
     # the cache is scoped per key: a keyed client does not see the anonymous entry
     keyed_client = post(anonymous_ok, "/v1/chat/completions", chat, bearer(TEAM_A))
-    assert keyed_client.status_code == 200 and keyed_client.headers["x-edge-cache"] == "miss"
+    assert keyed_client.status_code == 200
+    assert keyed_client.headers["x-edge-cache"] == "miss"
     again = post(anonymous_ok, "/v1/chat/completions", chat)
     assert again.headers["x-edge-cache"] == "hit-l1"
     assert post(anonymous_ok, "/v1/messages", MESSAGE).status_code == 200
@@ -219,3 +222,14 @@ def test_allow_anonymous_serves_keyless_requests_as_their_own_tenant(
 def test_allow_anonymous_still_refuses_a_wrong_key(anonymous_ok: EdgeProcess) -> None:
     assert_openai_401(post(anonymous_ok, "/v1/chat/completions", CHAT, bearer("edge-wrong")))
     assert_anthropic_401(post(anonymous_ok, "/v1/messages", MESSAGE, {"x-api-key": "wrong"}))
+
+
+def test_every_v1_path_needs_a_key_even_unknown_ones(keyed: EdgeProcess) -> None:
+    """SPEC: a wrong or missing key on /v1/* is 401; with a valid key, unknown paths are 404."""
+    assert_openai_401(httpx.get(f"{keyed.url}/v1/no-such-endpoint"))
+    assert_openai_401(httpx.get(f"{keyed.url}/v1/chat/completions"))  # 401 before 405
+    known = httpx.get(f"{keyed.url}/v1/no-such-endpoint", headers=bearer(TEAM_A))
+    assert known.status_code == 404
+    assert httpx.get(f"{keyed.url}/v1/chat/completions", headers=bearer(TEAM_A)).status_code == 405
+    assert httpx.get(f"{keyed.url}/v1/models", headers=bearer(TEAM_A)).status_code == 200
+    assert_openai_401(httpx.get(f"{keyed.url}/v1/models"))

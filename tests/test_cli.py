@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from _servers import EdgeProcess, MockUpstream, _clean_env, wait_until
 
 import edge
@@ -43,7 +42,8 @@ models = ["llama-*"]
 """)
     result = run_edge("check-config", str(path), env={"LOCAL_KEY": "sk-very-secret-value"})
     assert result.returncode == 0, result.stderr
-    assert "local" in result.stdout and "cost" in result.stdout
+    assert "local" in result.stdout
+    assert "cost" in result.stdout
     assert "sk-very-secret-value" not in result.stdout + result.stderr
 
 
@@ -61,7 +61,8 @@ def test_check_config_bad(tmp_path: Path, toml: str, needle: str) -> None:
     path.write_text(toml)
     result = run_edge("check-config", str(path), env={"OPENAI_API_KEY": "sk-x"})
     assert result.returncode == 2
-    assert "edge.toml" in result.stderr and needle in result.stderr
+    assert "edge.toml" in result.stderr
+    assert needle in result.stderr
 
 
 def test_serve_refuses_bad_config_before_binding(tmp_path: Path) -> None:
@@ -76,14 +77,16 @@ def test_serve_without_providers(tmp_path: Path) -> None:
     result = run_edge("serve", "--port", "0", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("Error: No providers configured")
-    assert "OPENAI_API_KEY" in result.stderr and "ANTHROPIC_API_KEY" in result.stderr
+    assert "OPENAI_API_KEY" in result.stderr
+    assert "ANTHROPIC_API_KEY" in result.stderr
 
 
 def test_serve_refuses_public_bind_without_keys(tmp_path: Path) -> None:
     result = run_edge("serve", "--host", "0.0.0.0", "--port", "0",
                       env={"OPENAI_API_KEY": "sk-x"}, cwd=tmp_path)
     assert result.returncode == 2
-    assert "allow_anonymous" in result.stderr and "EDGE_API_KEYS" in result.stderr
+    assert "allow_anonymous" in result.stderr
+    assert "EDGE_API_KEYS" in result.stderr
 
 
 def test_env_config_and_flag_precedence(tmp_path: Path) -> None:

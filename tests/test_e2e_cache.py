@@ -7,7 +7,6 @@ import threading
 import httpx
 import openai
 import pytest
-
 from _servers import EdgeProcess, MockUpstream, wait_until
 
 
@@ -63,7 +62,8 @@ def test_miss_then_hit_l1(stack) -> None:
     assert second.headers["x-edge-cost-usd"] == "0"
     assert upstream_calls(mock) == before + 1
     a, b = first.json(), second.json()
-    assert a["metadata"]["cached"] is False and a["metadata"]["cost_usd"] > 0
+    assert a["metadata"]["cached"] is False
+    assert a["metadata"]["cost_usd"] > 0
     assert b["metadata"] == {**b["metadata"], "provider": "mock", "cached": True,
                              "cache_tier": "l1", "cost_usd": 0.0}
     a.pop("metadata"), b.pop("metadata")
@@ -99,7 +99,8 @@ def test_stream_miss_is_stored_and_served_as_json_and_sse(stack) -> None:
         assert response.headers["x-edge-cache"] == "hit-l1"
         chunks = list(response.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == streamed
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
     assert upstream_calls(mock) == before + 1
 
 
@@ -160,7 +161,8 @@ def test_per_request_ttl(stack) -> None:
 def test_bad_ttl_header(stack) -> None:
     edge, _ = stack
     r = chat(edge, "x", headers={"x-edge-cache-ttl": "soon"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "x-edge-cache-ttl"
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "x-edge-cache-ttl"
 
 
 def test_embeddings_cached(stack) -> None:
@@ -191,7 +193,8 @@ def test_identical_requests_in_flight_coalesce(stack) -> None:
     assert [r.status_code for r in results] == [200] * 8
     assert upstream_calls(mock) == before + 1
     caches = sorted(r.headers["x-edge-cache"] for r in results)
-    assert caches.count("miss") == 1 and caches.count("hit-l1") == 7
+    assert caches.count("miss") == 1
+    assert caches.count("hit-l1") == 7
 
 
 def test_followers_get_the_leaders_error(stack) -> None:
@@ -302,5 +305,6 @@ def test_cache_metrics(stack) -> None:
     assert "llm_edge_cache_misses_total" in text
     saved = [line for line in text.splitlines()
              if line.startswith("llm_edge_cost_saved_usd_total{")]
-    assert saved and float(saved[0].rsplit(" ", 1)[1]) > 0
+    assert saved
+    assert float(saved[0].rsplit(" ", 1)[1]) > 0
     assert "llm_edge_cache_latency_seconds_bucket" in text

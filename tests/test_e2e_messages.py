@@ -6,7 +6,6 @@ from __future__ import annotations
 import anthropic
 import httpx
 import pytest
-
 from _servers import EdgeProcess, MockUpstream
 
 KEY = "sk-front-door-provider-secret-42"
@@ -53,11 +52,13 @@ def test_message_non_stream(client: anthropic.Anthropic, model: str, provider: s
         model=model, max_tokens=100, system="Be brief.",
         messages=[{"role": "user", "content": f"hello from {provider}"}])
     message = raw.parse()
-    assert message.type == "message" and message.role == "assistant"
+    assert message.type == "message"
+    assert message.role == "assistant"
     assert message.content[0].type == "text"
     assert message.content[0].text == f"Mock reply to: hello from {provider}"
     assert message.stop_reason == "end_turn"
-    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    assert message.usage.input_tokens > 0
+    assert message.usage.output_tokens > 0
     assert raw.headers["x-edge-provider"] == provider
     assert raw.http_response.json()["metadata"]["provider"] == provider
 
@@ -80,13 +81,15 @@ def test_tools_both_ways(client: anthropic.Anthropic, model: str) -> None:
         messages=[{"role": "user", "content": "Paris"}])
     assert first.stop_reason == "tool_use"
     call = next(b for b in first.content if b.type == "tool_use")
-    assert call.name == "get_weather" and call.input == {"city": "Paris"}
+    assert call.name == "get_weather"
+    assert call.input == {"city": "Paris"}
 
     with client.messages.stream(model=model, max_tokens=200, tools=TOOLS,
                                 messages=[{"role": "user", "content": "Rome"}]) as s:
         streamed = s.get_final_message()
     block = next(b for b in streamed.content if b.type == "tool_use")
-    assert block.input == {"city": "Rome"} and streamed.stop_reason == "tool_use"
+    assert block.input == {"city": "Rome"}
+    assert streamed.stop_reason == "tool_use"
 
     follow = client.messages.create(
         model=model, max_tokens=200, tools=TOOLS,
@@ -130,10 +133,12 @@ def test_errors_in_anthropic_format(stack, client: anthropic.Anthropic) -> None:
         "model": "claude-3-haiku-20240307", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400
     body = r.json()
-    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in body["error"]["message"]
     r = httpx.post(f"{edge.url}/v1/messages", content=b"{broken")
-    assert r.status_code == 400 and r.json()["type"] == "error"
+    assert r.status_code == 400
+    assert r.json()["type"] == "error"
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="no-such-model", max_tokens=10,
                                messages=[{"role": "user", "content": "x"}])
@@ -142,7 +147,8 @@ def test_errors_in_anthropic_format(stack, client: anthropic.Anthropic) -> None:
                                messages=[{"role": "user", "content": "!mock status=400"}])
     assert KEY not in str(info.value)
     r = httpx.get(f"{edge.url}/v1/messages")
-    assert r.status_code == 405 and r.json()["type"] == "error"
+    assert r.status_code == 405
+    assert r.json()["type"] == "error"
 
 
 def test_upstream_failure_mid_stream_ends_with_error_event(stack) -> None:
@@ -152,7 +158,8 @@ def test_upstream_failure_mid_stream_ends_with_error_event(stack) -> None:
     with httpx.stream("POST", f"{edge.url}/v1/messages", json=body) as r:
         text = r.read().decode()
     assert r.status_code == 200
-    assert "event: error" in text and "event: message_stop" not in text
+    assert "event: error" in text
+    assert "event: message_stop" not in text
 
 
 def test_key_never_in_output(stack) -> None:

@@ -8,7 +8,6 @@ import struct
 import httpx
 import openai
 import pytest
-
 from _servers import EdgeProcess, MockUpstream, wait_until
 
 PROVIDER_KEY = "sk-test-provider-secret-1234567890"
@@ -56,10 +55,14 @@ def test_chat_non_stream(client: openai.OpenAI) -> None:
     completion = raw.parse()
     assert completion.choices[0].message.content == "Mock reply to: hello edge"
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage is not None and completion.usage.total_tokens > 0
+    assert completion.usage is not None
+    assert completion.usage.total_tokens > 0
     meta = raw.http_response.json()["metadata"]
-    assert meta["provider"] == "mock" and meta["cached"] is False and meta["cache_tier"] is None
-    expected = (completion.usage.prompt_tokens * 2.0 + completion.usage.completion_tokens * 8.0) / 1e6
+    assert meta["provider"] == "mock"
+    assert meta["cached"] is False
+    assert meta["cache_tier"] is None
+    usage = completion.usage
+    expected = (usage.prompt_tokens * 2.0 + usage.completion_tokens * 8.0) / 1e6
     assert meta["cost_usd"] == pytest.approx(expected)
     assert raw.headers["x-edge-provider"] == "mock"
     assert float(raw.headers["x-edge-cost-usd"]) == pytest.approx(expected)
@@ -83,7 +86,8 @@ def test_chat_stream_include_usage(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(
         model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "count my tokens"}]))
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens > 0
 
 
 def test_stream_relayed_raw_ends_with_done(stack) -> None:
@@ -98,7 +102,8 @@ def test_stream_relayed_raw_ends_with_done(stack) -> None:
 
 def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
     result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
-    assert len(result.data) == 2 and len(result.data[0].embedding) > 0
+    assert len(result.data) == 2
+    assert len(result.data[0].embedding) > 0
     # the SDK asks for base64 by default and decodes it; ask for floats explicitly too
     floats = client.embeddings.create(model="text-embedding-3-small", input="a",
                                       encoding_format="float")
@@ -112,7 +117,8 @@ def test_embeddings_base64_raw(stack) -> None:
                          "encoding_format": "base64"})
     assert r.status_code == 200
     vector = base64.b64decode(r.json()["data"][0]["embedding"])
-    assert len(vector) % 4 == 0 and struct.unpack(f"{len(vector)//4}f", vector)
+    assert len(vector) % 4 == 0
+    assert struct.unpack(f"{len(vector)//4}f", vector)
 
 
 def test_unknown_fields_pass_through(client: openai.OpenAI) -> None:
@@ -129,7 +135,8 @@ def test_request_id_echoed(stack) -> None:
     assert r.headers["x-request-id"] == "req-abc-123"
     r = httpx.post(f"{edge.url}/v1/chat/completions", headers={"x-request-id": "req-err-1"},
                    content=b"{not json")
-    assert r.status_code == 400 and r.headers["x-request-id"] == "req-err-1"
+    assert r.status_code == 400
+    assert r.headers["x-request-id"] == "req-err-1"
 
 
 def _error(r: httpx.Response) -> dict:
@@ -171,17 +178,21 @@ def test_bad_requests(stack, content: bytes, status: int, param: str | None) -> 
 def test_deep_nesting_rejected(stack) -> None:
     edge, _ = stack
     deep = b"[" * 200 + b"]" * 200
-    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "x": ' + deep + b"}"
+    body = (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "x": '
+            + deep + b"}")
     r = httpx.post(f"{edge.url}/v1/chat/completions", content=body)
-    assert r.status_code == 400 and "nested" in _error(r)["message"]
+    assert r.status_code == 400
+    assert "nested" in _error(r)["message"]
 
 
 def test_unknown_path_and_method(stack) -> None:
     edge, _ = stack
     r = httpx.get(f"{edge.url}/v1/nothing-here")
-    assert r.status_code == 404 and _error(r)["type"] == "not_found_error"
+    assert r.status_code == 404
+    assert _error(r)["type"] == "not_found_error"
     r = httpx.get(f"{edge.url}/v1/chat/completions")
-    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
     assert _error(r)["code"] == "method_not_allowed"
     r = httpx.delete(f"{edge.url}/v1/embeddings")
     assert r.status_code == 405
@@ -189,9 +200,11 @@ def test_unknown_path_and_method(stack) -> None:
 
 def test_oversized_body_refused_and_server_keeps_serving(stack, client: openai.OpenAI) -> None:
     edge, _ = stack
-    big = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + b"x" * 100_000 + b'"}]}'
+    big = (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + b"x" * 100_000
+           + b'"}]}')
     r = httpx.post(f"{edge.url}/v1/chat/completions", content=big)
-    assert r.status_code == 413 and _error(r)["code"] == "request_too_large"
+    assert r.status_code == 413
+    assert _error(r)["code"] == "request_too_large"
 
     # A chunked body (no Content-Length) is cut off as soon as it passes the limit.
     def chunks():
@@ -248,7 +261,8 @@ def test_stream_cut_midway_ends_with_error_not_done(stack) -> None:
     with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json=body) as response:
         text = response.read().decode()
     assert response.status_code == 200
-    assert "[DONE]" not in text and '"error"' in text
+    assert "[DONE]" not in text
+    assert '"error"' in text
 
 
 def test_stream_closed_before_first_chunk_fails_over(stack) -> None:
@@ -257,7 +271,8 @@ def test_stream_closed_before_first_chunk_fails_over(stack) -> None:
     body = {"model": "gpt-4o", "stream": True,
             "messages": [{"role": "user", "content": "!mock close=1"}]}
     r = httpx.post(f"{edge.url}/v1/chat/completions", json=body)
-    assert r.status_code == 502 and _error(r)["type"] == "upstream_error"
+    assert r.status_code == 502
+    assert _error(r)["type"] == "upstream_error"
     assert mock.stats()["requests"] == before + 2  # retried: nothing had reached the client
 
 
@@ -277,7 +292,8 @@ def test_health_endpoints(stack) -> None:
     health = httpx.get(f"{edge.url}/health")
     assert health.status_code == 200
     body = health.json()
-    assert body["status"] == "healthy" and body["version"]
+    assert body["status"] == "healthy"
+    assert body["version"]
     assert body["cache"] == {"l1_healthy": True, "l2_healthy": False, "l2_configured": False}
     assert body["providers"] == {"mock": {"configured": True, "healthy": True}}
     assert httpx.get(f"{edge.url}/health/live").status_code == 200

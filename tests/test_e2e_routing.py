@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from _redis import free_port
 from _servers import EdgeProcess, MockUpstream, wait_until
 
@@ -64,9 +63,11 @@ def test_500_fails_over_to_next_provider(tmp_path, mocks) -> None:
                        provider("bad", bad.url) + provider("good", good.url))
     try:
         r = chat(edge)
-        assert r.status_code == 200 and r.headers["x-edge-provider"] == "good"
+        assert r.status_code == 200
+        assert r.headers["x-edge-provider"] == "good"
         assert r.json()["metadata"]["provider"] == "good"
-        assert calls(bad) == 1 and calls(good) == 1
+        assert calls(bad) == 1
+        assert calls(good) == 1
         assert metric(edge, 'llm_edge_failovers_total{provider="bad"}') == 1
         assert metric(edge, 'llm_edge_provider_errors_total{provider="bad"') == 1
     finally:
@@ -98,7 +99,8 @@ def test_connection_refused_and_timeout_fail_over(tmp_path, mocks) -> None:
                        provider("good", good.url))
     try:
         r = chat(edge)
-        assert r.status_code == 200 and r.headers["x-edge-provider"] == "good"
+        assert r.status_code == 200
+        assert r.headers["x-edge-provider"] == "good"
         assert calls(slow) == 1
     finally:
         edge.stop()
@@ -112,8 +114,10 @@ def test_all_candidates_failing_is_502(tmp_path, mocks) -> None:
         r = chat(edge)
         assert r.status_code == 502
         err = r.json()["error"]
-        assert err["type"] == "upstream_error" and set(err) == {"message", "type", "param", "code"}
-        assert calls(a) == 2 and calls(b) == 2  # walked the list twice, wrapping round
+        assert err["type"] == "upstream_error"
+        assert set(err) == {"message", "type", "param", "code"}
+        assert calls(a) == 2
+        assert calls(b) == 2
         assert "x-edge-provider" not in r.headers
     finally:
         edge.stop()
@@ -163,11 +167,13 @@ def test_every_circuit_open_fails_fast_with_503(tmp_path, mocks) -> None:
         assert chat(edge).status_code == 502
         before = calls(bad)
         r = chat(edge)
-        assert r.status_code == 503 and int(r.headers["retry-after"]) > 500
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 500
         assert r.json()["error"]["code"] == "circuit_open"
         assert calls(bad) == before  # no upstream was called
         health = httpx.get(f"{edge.url}/health")
-        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert health.status_code == 503
+        assert health.json()["status"] == "unhealthy"
     finally:
         edge.stop()
 
@@ -195,7 +201,8 @@ def test_hedge_wins_and_loser_is_cancelled(tmp_path, mocks) -> None:
         provider("fast", fast.url)))
     try:
         r = chat(edge)
-        assert r.status_code == 200 and r.headers["x-edge-provider"] == "fast"
+        assert r.status_code == 200
+        assert r.headers["x-edge-provider"] == "fast"
         assert calls(slow) == 1
         # the loser's server sees the disconnect (its connection was closed)
         wait_until(lambda: slow.stats()["disconnects"] >= 1, what="loser cancelled")
@@ -240,10 +247,12 @@ def test_group_pin_and_fallbacks(tmp_path, mocks) -> None:
         provider("a", a.url, '["main-*"]') + provider("b", b.url, '["backup-*", "gpt-*"]')))
     try:
         r = chat(edge, model="main-model")
-        assert r.status_code == 200 and r.headers["x-edge-provider"] == "b"
+        assert r.status_code == 200
+        assert r.headers["x-edge-provider"] == "b"
         assert r.json()["model"] == "backup-model"
         pinned = chat(edge, model="b/gpt-4o")
-        assert pinned.headers["x-edge-provider"] == "b" and pinned.json()["model"] == "gpt-4o"
+        assert pinned.headers["x-edge-provider"] == "b"
+        assert pinned.json()["model"] == "gpt-4o"
         assert chat(edge, model="nobody-serves-this").status_code == 404
     finally:
         edge.stop()

@@ -35,7 +35,8 @@ def test_wheel_builds_from_sdist(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         members = zf.namelist()
     assert any(m.startswith("edge/_fastpath") and m.endswith(".so") for m in members)
-    assert "edge/cli.py" in members and "edge/py.typed" in members
+    assert "edge/cli.py" in members
+    assert "edge/py.typed" in members
     entry_points = next(m for m in members if m.endswith("entry_points.txt"))
     with zipfile.ZipFile(wheel) as zf:
         assert "edge = edge.cli:main" in zf.read(entry_points).decode()

