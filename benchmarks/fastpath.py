@@ -1,12 +1,14 @@
-"""Micro-benchmarks of the hot path: compiled vs pure twin, the L1 vs other LRUs, and rank.
+"""Micro-benchmarks of the hot path: compiled vs pure twin, the L1 vs other LRUs, rank, SSE.
 
-Run: `python -m benchmarks.fastpath [--repeats N] [--target-ms MS]`
+Run: `python -m benchmarks.fastpath [--repeats N] [--target-ms MS] [--only sse]`
 
 Every row is measured in this one run, beside its baseline (the pure twin; for the LRU
 also `cachetools.LRUCache` and lru-dict's `LRU` when installed). Figures are ns per
 operation, the median of several repeats of a `time.perf_counter_ns` loop; each figure
 includes the Python loop's own cost (printed as "empty loop"), the same for every row.
 Note the other LRUs do less work per call than edge's: no TTL check and no byte bound.
+SSE rows are ns per event, beside the parser edge had before SSE moved into the hot path
+("previous pure") and, for context, the orjson call that each event also needs.
 """
 
 from __future__ import annotations
@@ -238,10 +240,195 @@ def render(cases: list[Case]) -> str:
     return "\n".join(lines).rstrip()
 
 
+# ---------------------------------------------------------------------------------------
+# SSE: parsing upstream streams and framing our own events
+# ---------------------------------------------------------------------------------------
+
+
+class PreviousSSEParser:
+    """The pure parser `edge.sse` had before SSE moved into the hot path, kept as a baseline.
+
+    Verbatim but for the names: it re-joins and re-splits its whole buffer on every read,
+    and normalises line endings over the buffer each time.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        parts = buffer.split(b"\n\n")
+        self._buffer = parts.pop()
+        if len(self._buffer) > pure.MAX_EVENT_BYTES:
+            raise pure.SSEError("an upstream event exceeded the size limit")
+        events = []
+        for block in parts:
+            if not block:
+                continue
+            name: str | None = None
+            data: list[bytes] = []
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip().decode("utf-8", "replace")
+            if data or name is not None:
+                events.append((name, b"\n".join(data)))
+        return events
+
+
+def openai_chunk(i: int) -> dict[str, Any]:
+    """One chat.completion.chunk as OpenAI streams it: ~200 bytes as an SSE event."""
+    return {
+        "id": "chatcmpl-AbCdEf0123456789",
+        "object": "chat.completion.chunk",
+        "created": 1_726_000_000,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"content": f" word{i % 97}"}, "finish_reason": None}],
+    }
+
+
+def anthropic_stream(deltas: int) -> list[bytes]:
+    """A whole Messages stream, one SSE event per item, as Anthropic frames it."""
+    message: dict[str, Any] = {
+        "id": "msg_01AbCdEf0123456789",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-3-5-haiku-20241022",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 412, "output_tokens": 1},
+    }
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": message}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("ping", {"type": "ping"}),
+    ]  # fmt: skip
+    for i in range(deltas):
+        delta = {"type": "text_delta", "text": f" word{i % 97}"}
+        events.append(
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        )
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta",
+                           "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": deltas}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    return [pure.frame_event(name, data) for name, data in events]
+
+
+def _loop_feed(make: Callable[[], Any], reads: list[bytes], events_per_pass: int, n: int) -> int:
+    """Feed `reads` to one parser, over and over, for about n events; ns per n events.
+
+    The parser is made before the clock starts; each pass ends on an event boundary, so
+    passes are independent and the stream may be replayed.
+    """
+    passes = max(1, n // events_per_pass)
+    feed = make().feed
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, passes):
+        for read in reads:
+            feed(read)
+    elapsed = time.perf_counter_ns() - start
+    return elapsed * n // (passes * events_per_pass)
+
+
+def _loop_call1(fn: Callable[[Any], object], a: Any, n: int) -> int:
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, n):
+        fn(a)
+    return time.perf_counter_ns() - start
+
+
+def sse_groups(impls: list[tuple[str, Any]], missing: dict[str, str]) -> list[list[Case]]:
+    """ns per event: feed() on OpenAI and Anthropic streams; frame() and frame_event()."""
+    chunks = [pure.frame(openai_chunk(i)) for i in range(50)]
+    tens = [b"".join(chunks[i : i + 10]) for i in range(0, 50, 10)]
+    anthropic = anthropic_stream(deltas=40)
+    bulk = b"".join(anthropic)
+    anthropic_reads = [bulk[i : i + 1400] for i in range(0, len(bulk), 1400)]  # ~1 TCP segment
+    big = pure.frame({"text": "word " * 200_000})  # e.g. a long answer sent as one event
+    big_reads = [big[i : i + 4096] for i in range(0, len(big), 4096)]
+    feeds = [
+        ("SSE OpenAI 1 ev/read", chunks, len(chunks), f"{len(chunks[0])} B events"),
+        ("SSE OpenAI 10 ev/read", tens, len(chunks), f"{len(tens[0])} B reads"),
+        ("SSE Anthropic 1 ev/read", anthropic, len(anthropic), f"{len(anthropic)} events"),
+        (
+            "SSE Anthropic 1400 B rd",
+            anthropic_reads,
+            len(anthropic),
+            "events cut across reads",
+        ),
+        ("SSE 1 MB event, 4 KB rd", big_reads, 1, "a large event trickling in"),
+    ]
+    makers: list[tuple[str, Any]] = [
+        (name, None if mod is None else mod.SSEParser) for name, mod in impls
+    ]
+    makers.append(("previous pure", PreviousSSEParser))
+    expected = PreviousSSEParser().feed(bulk)
+    groups: list[list[Case]] = []
+    for label, reads, events, note in feeds:
+        cases = []
+        for name, make in makers:
+            if make is None:
+                cases.append(Case(label, name, None, missing[name]))
+                continue
+            parser = make()
+            got = [event for read in reads for event in parser.feed(read)]
+            if "OpenAI" in label:
+                assert got == [(None, c[6:-2]) for c in chunks]
+            elif "MB" in label:
+                assert got == [(None, big[6:-2])]
+            else:
+                assert got == expected
+            cases.append(Case(label, name, partial(_loop_feed, make, reads, events), note))
+        if "OpenAI 1 ev" in label:
+            cases.append(
+                Case(
+                    label,
+                    "orjson.loads",
+                    partial(_loop_call1, orjson.loads, chunks[0][6:-2]),
+                    "context: decoding that event's JSON",
+                )
+            )
+        groups.append(cases)
+    chunk = openai_chunk(7)
+    text = {"type": "text_delta", "text": " word7"}
+    delta = {"type": "content_block_delta", "index": 0, "delta": text}
+    for label, name in (("frame OpenAI chunk", "frame"), ("frame_event Anthropic", "frame_event")):
+        cases = []
+        for impl, mod in impls:
+            if mod is None:
+                cases.append(Case(label, impl, None, missing[impl]))
+            elif name == "frame":
+                cases.append(Case(label, impl, partial(_loop_call1, mod.frame, chunk)))
+            else:
+                call = partial(_loop_call2, mod.frame_event, "content_block_delta", delta)
+                cases.append(Case(label, impl, call))
+        obj = chunk if name == "frame" else delta
+        cases.append(
+            Case(label, "orjson.dumps", partial(_loop_call1, orjson.dumps, obj), "context")
+        )
+        groups.append(cases)
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Micro-benchmarks of edge's hot path.")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per row (median)")
     parser.add_argument("--target-ms", type=float, default=30.0, help="length of one repeat")
+    parser.add_argument(
+        "--only", choices=["sse"], help="run one section only (sse: parsing and framing)"
+    )
     args = parser.parse_args(argv)
 
     print(f"interpreter: {sys.executable}")
@@ -389,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             groups.append(rank_cases)
+
+    if args.only == "sse":
+        groups = []
+    groups += sse_groups(impls, missing)
 
     for cases in groups:
         measure(cases, args.repeats, args.target_ms)

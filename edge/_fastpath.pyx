@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""Compiled hot path: the request key (canonical form + xxh3-128), the L1 LRU, routing scores.
+"""Compiled hot path: the request key (canonical form + xxh3-128), the L1 LRU, routing scores,
+server-sent events (parse and frame).
 
 Same API and byte-identical output as `edge._fastpath_py`, which is the oracle and the
 fallback. Speed comes from three things: the canonical form is written into one C buffer
@@ -60,8 +61,10 @@ __all__ = [
     "BREAKER_CLOSED",
     "BREAKER_HALF_OPEN",
     "BREAKER_OPEN",
+    "DONE",
     "EXCLUDED_FIELDS",
     "MAX_DEPTH",
+    "MAX_EVENT_BYTES",
     "PROBE_RETRY_S",
     "STRATEGY_COST",
     "STRATEGY_FAILOVER",
@@ -70,8 +73,12 @@ __all__ = [
     "Breaker",
     "DeploymentStats",
     "LRUCache",
+    "SSEError",
+    "SSEParser",
     "cache_key",
     "canonical",
+    "frame",
+    "frame_event",
     "rank",
     "retry_after_all",
 ]
@@ -1142,3 +1149,351 @@ def retry_after_all(breakers, double now):
         if here < wait:
             wait = here
     return 0.0 if wait == INFINITY else wait
+
+
+# ---------------------------------------------------------------------------------------
+# Server-sent events: parse what an upstream sends, frame what we send
+# ---------------------------------------------------------------------------------------
+#
+# The same parse as the twin (see its theory of operation), done in one pass over C
+# memory: line endings are normalised only when a CR is present, a read that completes
+# its events without leftovers (the usual case) is parsed in place without copying, and
+# an event's data is sliced straight out of the read (one data line) or gathered in a
+# stack buffer (several). The pending start of an unfinished event lives in a malloc'd
+# buffer that grows geometrically, so an event trickling in costs linear time.
+
+from libc.string cimport memchr
+
+import orjson
+
+from edge._fastpath_py import SSEError  # one class for both twins: `except SSEError` catches either
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+
+#: The event that ends an OpenAI-style stream.
+DONE = b"data: [DONE]\n\n"
+
+#: One SSE event larger than this is a broken (or hostile) upstream, not an answer.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+cdef object _dumps = orjson.dumps
+cdef object _memoryview = memoryview
+cdef object _str_encode = str.encode
+
+
+cdef inline bint _is_space(char c) noexcept:
+    """The ASCII whitespace bytes.strip() removes."""
+    return c == b' ' or c == b'\t' or c == b'\n' or c == b'\r' or c == b'\x0b' or c == b'\x0c'
+
+
+cdef Py_ssize_t _normalise(const char* src, Py_ssize_t n, char* dst) noexcept:
+    """Copy src to dst with CRLF and lone CR turned into LF; returns the new length."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t out = 0
+    cdef char c
+    while i < n:
+        c = src[i]
+        i += 1
+        if c == b'\r':
+            c = b'\n'
+            if i < n and src[i] == b'\n':
+                i += 1
+        dst[out] = c
+        out += 1
+    return out
+
+
+cdef Py_ssize_t _last_blank(const char* p, Py_ssize_t n) noexcept:
+    """Offset of the last "\\n\\n" in p[:n], or -1: where the complete events end."""
+    cdef Py_ssize_t found = -1
+    cdef Py_ssize_t i = 0
+    cdef const char* hit
+    while i < n - 1:
+        hit = <const char*>memchr(p + i, b'\n', <size_t>(n - 1 - i))
+        if hit == NULL:
+            break
+        i = hit - p
+        if p[i + 1] == b'\n':
+            found = i
+            i += 2  # leftmost, non-overlapping matches, as bytes.split sees them
+        else:
+            i += 1
+    return found
+
+
+@cython.final
+cdef class SSEParser:
+    """SSEParser(max_event_bytes: int = MAX_EVENT_BYTES)
+
+    Incremental parser: feed(bytes) returns the events completed by those bytes, each
+    (name: str | None, data: bytes). Same semantics as the twin, which documents them.
+    """
+
+    cdef char* _data  # the LF-normalised start of the unfinished event
+    cdef Py_ssize_t _length
+    cdef Py_ssize_t _capacity
+    cdef Py_ssize_t _max
+    cdef bint _cr  # the last read ended with CR: an LF opening the next one is its partner
+    cdef bint _broken
+
+    def __cinit__(self, max_event_bytes=MAX_EVENT_BYTES):
+        cdef long long limit = _as_count(max_event_bytes)
+        if limit < 0:
+            raise ValueError(f"max_event_bytes must be >= 0, got {limit}")
+        self._max = <Py_ssize_t>limit
+        self._data = NULL
+        self._length = 0
+        self._capacity = 0
+        self._cr = False
+        self._broken = False
+
+    def __dealloc__(self):
+        PyMem_Free(self._data)
+
+    def feed(self, chunk):
+        """feed(chunk: bytes) -> list[tuple[str | None, bytes]]
+
+        The events that chunk completes, in order. chunk may be any bytes-like object.
+        Raises SSEError when an event exceeds the size limit, or when the parser already
+        raised one.
+        """
+        cdef object raw = chunk
+        cdef object normal
+        cdef const char* p
+        cdef Py_ssize_t n
+        cdef Py_ssize_t end
+        cdef list events = []
+        if self._broken:
+            raise SSEError("the event stream already broke")
+        if type(raw) is not bytes:
+            raw = bytes(_memoryview(raw))
+        p = PyBytes_AS_STRING(raw)
+        n = PyBytes_GET_SIZE(raw)
+        if self._cr and n:  # an empty read must not forget the CR
+            self._cr = False
+            if p[0] == b'\n':
+                p += 1
+                n -= 1
+        if n and memchr(p, b'\r', <size_t>n) != NULL:
+            self._cr = p[n - 1] == b'\r'
+            normal = PyBytes_FromStringAndSize(NULL, n)  # filled before anyone sees it
+            n = _normalise(p, n, PyBytes_AS_STRING(normal))
+            p = PyBytes_AS_STRING(normal)
+        end = _last_blank(p, n)
+        if self._length:
+            if end >= 0:
+                # The unfinished event ends in this read: complete it in the buffer.
+                self._append(p, end)
+                self._parse_buffer(self._length, events)
+                p += end + 2
+                n -= end + 2
+            elif n and p[0] == b'\n' and self._data[self._length - 1] == b'\n':
+                # The blank line straddles the reads: LF at the end of the old, LF here.
+                self._parse_buffer(self._length - 1, events)
+                p += 1
+                n -= 1
+        elif end >= 0:
+            self._parse(p, end, events)  # in place: no copy of the read
+            p += end + 2
+            n -= end + 2
+        if self._length == 0:
+            while n and p[0] == b'\n':  # blank lines between events are not kept
+                p += 1
+                n -= 1
+        self._append(p, n)
+        self._check_pending()
+        return events
+
+    @property
+    def pending(self):
+        """True when bytes of an unfinished event are buffered (a cut stream)."""
+        cdef Py_ssize_t i
+        for i in range(self._length):
+            if not _is_space(self._data[i]):
+                return True
+        return False
+
+    cdef int _append(self, const char* p, Py_ssize_t n) except -1:
+        cdef Py_ssize_t capacity
+        cdef char* data
+        if n <= 0:
+            return 0
+        if self._length + n > self._capacity:
+            capacity = self._capacity * 2
+            if capacity < self._length + n:
+                capacity = self._length + n
+            if capacity < 256:
+                capacity = 256
+            data = <char*>PyMem_Realloc(self._data, <size_t>capacity)
+            if data == NULL:
+                raise MemoryError()
+            self._data = data
+            self._capacity = capacity
+        memcpy(self._data + self._length, p, <size_t>n)
+        self._length += n
+        return 0
+
+    cdef int _parse_buffer(self, Py_ssize_t length, list events) except -1:
+        """Parse the buffer's first `length` bytes, then empty it (keeping the allocation).
+
+        The buffer is detached while it is parsed: creating the events may run a finaliser,
+        and a finaliser that fed this parser must not reallocate memory being read.
+        """
+        cdef char* held = self._data
+        cdef Py_ssize_t capacity = self._capacity
+        self._data = NULL
+        self._length = 0
+        self._capacity = 0
+        try:
+            self._parse(held, length, events)
+        finally:
+            if self._data == NULL and not self._broken:
+                self._data = held
+                self._capacity = capacity
+            else:
+                PyMem_Free(held)
+        return 0
+
+    cdef int _check_pending(self) except -1:
+        cdef Py_ssize_t size = self._length
+        if size > self._max:
+            if self._data[size - 1] == b'\n':  # a final LF may be the event's end, not part
+                size -= 1
+            if size > self._max:
+                self._fail()
+        return 0
+
+    cdef int _fail(self) except -1:
+        PyMem_Free(self._data)
+        self._data = NULL
+        self._length = 0
+        self._capacity = 0
+        self._cr = False
+        self._broken = True
+        raise SSEError(f"an upstream event exceeded the size limit of {self._max} bytes")
+
+    cdef int _parse(self, const char* s, Py_ssize_t n, list events) except -1:
+        """Append the events of s[:n], which holds only complete events, to `events`."""
+        cdef char stack[_STACK_BYTES]
+        cdef _Buf joined
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t start, stop, length
+        cdef const char* line
+        cdef const char* hit
+        cdef const char* value
+        cdef Py_ssize_t size
+        cdef const char* first = NULL
+        cdef Py_ssize_t first_size = 0
+        cdef Py_ssize_t count
+        cdef object name
+        cdef object data
+        joined.data = stack
+        joined.capacity = _STACK_BYTES
+        joined.on_heap = False
+        try:
+            while i < n:
+                while i < n and s[i] == b'\n':  # blank lines between events
+                    i += 1
+                if i >= n:
+                    break
+                start = i
+                stop = i
+                name = None
+                count = 0
+                joined.length = 0
+                while True:  # one line per turn, up to the blank line or the end
+                    line = s + i
+                    hit = <const char*>memchr(line, b'\n', <size_t>(n - i))
+                    length = (hit - line) if hit != NULL else (n - i)
+                    stop = i + length
+                    if length >= 5 and memcmp(line, b"data:", 5) == 0:
+                        value = line + 5
+                        size = length - 5
+                        if size and value[0] == b' ':
+                            value += 1
+                            size -= 1
+                        if count == 0:
+                            first = value
+                            first_size = size
+                        else:
+                            if count == 1:
+                                _put(&joined, first, first_size)
+                            _put_char(&joined, b'\n')
+                            _put(&joined, value, size)
+                        count += 1
+                    elif length >= 6 and memcmp(line, b"event:", 6) == 0:
+                        value = line + 6
+                        size = length - 6
+                        while size and _is_space(value[0]):
+                            value += 1
+                            size -= 1
+                        while size and _is_space(value[size - 1]):
+                            size -= 1
+                        name = PyUnicode_DecodeUTF8(value, size, "replace")
+                    i = stop + 1
+                    if i >= n or s[i] == b'\n':
+                        break
+                if stop - start > self._max:
+                    self._fail()
+                if count == 0:
+                    if name is None:
+                        continue
+                    data = b""
+                elif count == 1:
+                    data = PyBytes_FromStringAndSize(first, first_size)
+                else:
+                    data = PyBytes_FromStringAndSize(joined.data, joined.length)
+                events.append((name, data))
+            return 0
+        finally:
+            if joined.on_heap:
+                PyMem_Free(joined.data)
+
+
+def frame(obj):
+    """frame(obj: Any) -> bytes
+
+    One OpenAI-style event: data: {json} and the blank line.
+    """
+    cdef object body = _dumps(obj)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef object out = PyBytes_FromStringAndSize(NULL, n + 8)
+    cdef char* w = PyBytes_AS_STRING(out)
+    memcpy(w, b"data: ", 6)
+    memcpy(w + 6, PyBytes_AS_STRING(body), <size_t>n)
+    w[n + 6] = b'\n'
+    w[n + 7] = b'\n'
+    return out
+
+
+def frame_event(name, obj):
+    """frame_event(name: str, obj: Any) -> bytes
+
+    One Anthropic-style event: event: name, then data: {json} and the blank line.
+    """
+    cdef const char* text
+    cdef Py_ssize_t size
+    cdef object body
+    cdef Py_ssize_t n
+    cdef object out
+    cdef char* w
+    cdef object encoded
+    if type(name) is str and PyUnicode_IS_ASCII(name):
+        text = <const char*>PyUnicode_DATA(name)
+        size = PyUnicode_GET_LENGTH(name)
+    else:
+        encoded = _str_encode(name)  # the twin's call: the same result and the same errors
+        text = PyBytes_AS_STRING(encoded)
+        size = PyBytes_GET_SIZE(encoded)
+    body = _dumps(obj)
+    n = PyBytes_GET_SIZE(body)
+    out = PyBytes_FromStringAndSize(NULL, size + n + 16)
+    w = PyBytes_AS_STRING(out)
+    memcpy(w, b"event: ", 7)
+    memcpy(w + 7, text, <size_t>size)
+    memcpy(w + 7 + size, b"\ndata: ", 7)
+    memcpy(w + 14 + size, PyBytes_AS_STRING(body), <size_t>n)
+    w[size + n + 14] = b'\n'
+    w[size + n + 15] = b'\n'
+    return out

@@ -1,4 +1,4 @@
-"""Pure-Python twin of `edge._fastpath`: the request key, the L1 LRU and routing scores.
+"""Pure-Python twin of `edge._fastpath`: the request key, the L1 LRU, routing scores, SSE.
 
 This module is the oracle. The Cython module must produce byte-identical `canonical()`
 output and behave identically for every operation here; the tests run both and compare.
@@ -13,14 +13,17 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 import xxhash
 
 __all__ = [
     "BREAKER_CLOSED",
     "BREAKER_HALF_OPEN",
     "BREAKER_OPEN",
+    "DONE",
     "EXCLUDED_FIELDS",
     "MAX_DEPTH",
+    "MAX_EVENT_BYTES",
     "PROBE_RETRY_S",
     "STRATEGY_COST",
     "STRATEGY_FAILOVER",
@@ -29,8 +32,12 @@ __all__ = [
     "Breaker",
     "DeploymentStats",
     "LRUCache",
+    "SSEError",
+    "SSEParser",
     "cache_key",
     "canonical",
+    "frame",
+    "frame_event",
     "rank",
     "retry_after_all",
 ]
@@ -603,3 +610,136 @@ def retry_after_all(breakers: Sequence[Breaker], now: float) -> float:
         else:
             return 0.0
     return 0.0 if wait == math.inf else wait
+
+
+# ---------------------------------------------------------------------------------------
+# Server-sent events: parse what an upstream sends, frame what we send
+# ---------------------------------------------------------------------------------------
+
+#: The event that ends an OpenAI-style stream.
+DONE = b"data: [DONE]\n\n"
+
+#: One SSE event larger than this is a broken (or hostile) upstream, not an answer.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class SSEError(ValueError):
+    """The byte stream is not valid server-sent events.
+
+    Defined here, in the twin, so that the compiled module, this one and `edge.sse` all
+    raise and catch the very same class.
+    """
+
+
+class SSEParser:
+    """Incremental parser: `feed(bytes)` returns the events completed by those bytes.
+
+    An event is `(name, data)`: `name` is the `event:` field (surrounding whitespace
+    stripped, decoded as UTF-8 with replacement) or None; `data` is the `data:` lines, one
+    optional leading space stripped from each, joined with LF. Comments and unknown fields
+    are ignored, as the SSE standard says; a block with neither data nor name is no event.
+
+    Theory of operation. Line endings (CRLF, CR, LF) become LF as the bytes arrive. A CR
+    that ends one read is remembered, so that an LF opening the next read completes that
+    CRLF instead of counting as a second line ending. After that, an event ends at the
+    first empty line, i.e. at "\\n\\n". The pending buffer holds the LF-normalised start of
+    the unfinished event: it never begins with LF (blank lines between events are
+    dropped), and it ends in at most one LF. Each feed looks for "\\n\\n" only among the new
+    bytes (and the one that may straddle the old buffer's last byte), so an event that
+    trickles in over many reads costs linear, not quadratic, time.
+
+    Size limit. An event's size is its lines joined with LF (blank lines around it not
+    counted). Both complete events and the pending start of one are checked, so whether a
+    stream raises does not depend on how the network cut it into reads, and memory stays
+    bounded. After an SSEError the parser is broken: it drops what it buffered, and every
+    later `feed` raises again.
+    """
+
+    __slots__ = ("_buffer", "_cr", "_broken", "_max")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        max_event_bytes = operator.index(max_event_bytes)
+        if max_event_bytes < 0:
+            raise ValueError(f"max_event_bytes must be >= 0, got {max_event_bytes}")
+        self._buffer = bytearray()
+        self._cr = False
+        self._broken = False
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
+        """The events that `chunk` completes, in order (often none, often one).
+
+        `chunk` may be any bytes-like object. Raises SSEError when an event exceeds the
+        size limit, or when the parser already raised one.
+        """
+        if self._broken:
+            raise SSEError("the event stream already broke")
+        if type(chunk) is not bytes:
+            chunk = bytes(memoryview(chunk))
+        if self._cr and chunk:  # an empty read must not forget the CR
+            self._cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            self._cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer = self._buffer
+        if buffer:
+            start = len(buffer) - 1  # a blank line may begin on the old buffer's last byte
+            buffer += chunk
+            end = buffer.rfind(b"\n\n", start)
+            if end < 0:
+                blocks = []
+            else:
+                blocks = bytes(buffer[:end]).split(b"\n\n")
+                del buffer[: end + 2]  # what is left cannot begin with LF: `end` was the last
+        else:
+            blocks = chunk.split(b"\n\n")
+            rest = blocks.pop()
+            if rest:
+                buffer += rest.lstrip(b"\n")
+        limit = self._max
+        size = len(buffer)
+        if size > limit and size - (buffer[-1] == 10) > limit:  # a final LF may end the event
+            self._fail()
+        events: list[tuple[str | None, bytes]] = []
+        for block in blocks:
+            if not block:
+                continue
+            if len(block) > limit and len(block.strip(b"\n")) > limit:
+                self._fail()
+            name: str | None = None
+            data: list[bytes] = []
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip().decode("utf-8", "replace")
+            if data or name is not None:
+                events.append((name, b"\n".join(data)))
+        return events
+
+    def _fail(self) -> None:
+        self._buffer = bytearray()
+        self._cr = False
+        self._broken = True
+        raise SSEError(f"an upstream event exceeded the size limit of {self._max} bytes")
+
+    @property
+    def pending(self) -> bool:
+        """True when bytes of an unfinished event are buffered (a cut stream)."""
+        return bool(self._buffer.strip())
+
+
+def frame(obj: Any) -> bytes:
+    """One OpenAI-style event: `data: {json}` and the blank line."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def frame_event(name: str, obj: Any) -> bytes:
+    """One Anthropic-style event: `event: name` then `data: {json}`.
+
+    `name` is encoded as its base str value (a subclass's own `encode` is not used).
+    """
+    return b"event: " + str.encode(name) + b"\ndata: " + orjson.dumps(obj) + b"\n\n"

@@ -30,6 +30,12 @@ __all__ = [
     "DeploymentStats",
     "rank",
     "retry_after_all",
+    "DONE",
+    "MAX_EVENT_BYTES",
+    "SSEError",
+    "SSEParser",
+    "frame",
+    "frame_event",
 ]
 
 _NO_EXTENSIONS = os.environ.get("EDGE_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes")
@@ -38,8 +44,10 @@ if TYPE_CHECKING:
     from edge._fastpath_py import BREAKER_CLOSED as BREAKER_CLOSED
     from edge._fastpath_py import BREAKER_HALF_OPEN as BREAKER_HALF_OPEN
     from edge._fastpath_py import BREAKER_OPEN as BREAKER_OPEN
+    from edge._fastpath_py import DONE as DONE
     from edge._fastpath_py import EXCLUDED_FIELDS as EXCLUDED_FIELDS
     from edge._fastpath_py import MAX_DEPTH as MAX_DEPTH
+    from edge._fastpath_py import MAX_EVENT_BYTES as MAX_EVENT_BYTES
     from edge._fastpath_py import PROBE_RETRY_S as PROBE_RETRY_S
     from edge._fastpath_py import STRATEGY_COST as STRATEGY_COST
     from edge._fastpath_py import STRATEGY_FAILOVER as STRATEGY_FAILOVER
@@ -48,8 +56,12 @@ if TYPE_CHECKING:
     from edge._fastpath_py import Breaker as Breaker
     from edge._fastpath_py import DeploymentStats as DeploymentStats
     from edge._fastpath_py import LRUCache as LRUCache
+    from edge._fastpath_py import SSEError as SSEError
+    from edge._fastpath_py import SSEParser as SSEParser
     from edge._fastpath_py import cache_key as cache_key
     from edge._fastpath_py import canonical as canonical
+    from edge._fastpath_py import frame as frame
+    from edge._fastpath_py import frame_event as frame_event
     from edge._fastpath_py import rank as rank
     from edge._fastpath_py import retry_after_all as retry_after_all
 
@@ -62,8 +74,10 @@ else:
                 BREAKER_CLOSED,
                 BREAKER_HALF_OPEN,
                 BREAKER_OPEN,
+                DONE,
                 EXCLUDED_FIELDS,
                 MAX_DEPTH,
+                MAX_EVENT_BYTES,
                 PROBE_RETRY_S,
                 STRATEGY_COST,
                 STRATEGY_FAILOVER,
@@ -72,8 +86,12 @@ else:
                 Breaker,
                 DeploymentStats,
                 LRUCache,
+                SSEError,
+                SSEParser,
                 cache_key,
                 canonical,
+                frame,
+                frame_event,
                 rank,
                 retry_after_all,
             )
@@ -86,8 +104,10 @@ else:
             BREAKER_CLOSED,
             BREAKER_HALF_OPEN,
             BREAKER_OPEN,
+            DONE,
             EXCLUDED_FIELDS,
             MAX_DEPTH,
+            MAX_EVENT_BYTES,
             PROBE_RETRY_S,
             STRATEGY_COST,
             STRATEGY_FAILOVER,
@@ -96,8 +116,12 @@ else:
             Breaker,
             DeploymentStats,
             LRUCache,
+            SSEError,
+            SSEParser,
             cache_key,
             canonical,
+            frame,
+            frame_event,
             rank,
             retry_after_all,
         )
