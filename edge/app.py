@@ -327,7 +327,7 @@ class EdgeApp:
         message = await req.receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()
-        body = message.get("body", b"")
+        body: bytes = message.get("body", b"")
         if not message.get("more_body", False):
             if len(body) > self.max_body:
                 raise PayloadTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")

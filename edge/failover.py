@@ -135,7 +135,7 @@ class Attempts(Generic[T]):
 
     def _backoff(self) -> float:
         round_number = self.started // len(self.plan)
-        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (round_number - 1)))
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2.0 ** (round_number - 1)))
         if self.last is not None and self.last.retry_after is not None:
             delay = max(delay, min(BACKOFF_CAP_S, self.last.retry_after))
         return delay
