@@ -75,7 +75,8 @@ class PriceTable:
         price = self.price(model)
         if price is None:
             return 0.0
-        return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+        # rounded so clients see 2.55e-06, not 2.5499999999999997e-06
+        return round((prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000, 10)
 
     def estimate(self, model: str, prompt_chars: int, max_tokens: int) -> float | None:
         """Rough cost of a request before it runs (for the cost strategy); None if unpriced."""
