@@ -166,6 +166,9 @@ class Cache:
 
     def store(self, key: str, entry: Entry, ttl_s: int | None) -> None:
         ttl = ttl_s if ttl_s is not None else self.ttl_s
+        # orjson's output keeps its whole growth buffer (~8 KB for a 2 KB answer); an
+        # exact-size copy (~0.5 us) is what makes 100k cached answers fit in ~300 MB.
+        entry = Entry(bytes(memoryview(entry.body)), entry.provider, entry.model, entry.cost_usd)
         self.l1.put(key, entry, len(entry.body) + _ENTRY_OVERHEAD, time.monotonic() + ttl)
         if self.l2 is not None and not self.l2.put_nowait(key, entry.encode(), ttl):
             self.metrics.l2_dropped_writes.inc()
