@@ -13,74 +13,46 @@ and prints one table:
 
 Machines are noisy, so absolute figures mean little across runs; the ratio to the bare
 app, measured minutes apart on the same box, is the figure to compare. The harness
-itself uses only the standard library (plus benchmarks.loadgen), so it runs under any
-interpreter; ``--python`` picks the interpreter for edge and the bare app, while the
-mock upstream and the load always use the one running this script, so the baselines do
-not move when the interpreter under test changes.
+itself uses only the standard library (and the shared benchmarks.services, .drivers and
+.loadgen), so it runs under any interpreter; ``--python`` picks the interpreter for
+edge and the bare app, while the mock upstream and the load always use the one running
+this script, so the baselines do not move when the interpreter under test changes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
 import json
 import math
 import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from benchmarks.loadgen import LoadResult, LoadSpec, run_load
+from benchmarks.drivers import CHAT_BODY, CHAT_PATH, CLIENT_KEY, Request, run_closed, wrk_version
+from benchmarks.loadgen import LoadResult
+from benchmarks.services import (
+    REPO_ROOT,
+    BenchError,
+    Interpreter,
+    Service,
+    child_env,
+    free_port,
+    http_call,
+    mock_command,
+    probe_interpreter,
+    services_stopped,
+    wait_ready,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CHAT_PATH = "/v1/chat/completions"
-CLIENT_KEY = "x"
-READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
-
-# A small, ordinary chat completion request; the same bytes go to every target.
-CHAT_BODY: bytes = json.dumps(
-    {
-        "model": "gpt-4o-mini",
-        "messages": [
-            {"role": "system", "content": "You are a concise assistant."},
-            {"role": "user", "content": "In one sentence, why do proxies cache responses?"},
-        ],
-        "max_tokens": 64,
-        "temperature": 0,
-    },
-    separators=(",", ":"),
-).encode()
-
-_WRK_SCRIPT = """\
-wrk.method = "POST"
-wrk.body = [==[{body}]==]
-{headers}
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "EDGE-BENCH %d %d %d %d %d %d %d %d %d\\n",
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-class BenchError(RuntimeError):
-    """A part of the harness could not start or answer; the message says which."""
+__all__ = ["BenchError", "Row", "Target", "main", "render_table", "validate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,128 +90,6 @@ class Row:
         }
 
 
-@dataclass(slots=True)
-class Interpreter:
-    """What ``--python`` can run, found by asking it rather than assuming."""
-
-    path: str
-    version: str = "unknown"
-    can_run_bare: bool = False
-    can_run_mock: bool = False
-    can_run_edge: bool = False
-    fastpath: str = "n/a"
-    problem: str | None = None
-
-
-@dataclass(slots=True)
-class Service:
-    """A child process we started, its port and where its output goes."""
-
-    name: str
-    argv: list[str]
-    port: int
-    log_path: Path
-    env: dict[str, str]
-    cwd: Path
-    process: subprocess.Popen[bytes] | None = None
-    _log: Any = field(default=None, repr=False)
-
-    def start(self) -> None:
-        """Start in its own session so stopping it reaches its worker processes too."""
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env, cwd=self.cwd, start_new_session=True,
-        )
-
-    def exited(self) -> int | None:
-        """The exit code if the process has already ended."""
-        return None if self.process is None else self.process.poll()
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The end of its output, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM to its process group, wait, SIGKILL on timeout; safe to call twice."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc is not None:
-            # Workers a master left behind share its process group (our new session).
-            _signal_group(proc.pid, signal.SIGKILL)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the child binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_call(
-    port: int, method: str, path: str, body: bytes | None = None,
-    headers: Sequence[tuple[str, str]] = (), timeout: float = 10.0,
-) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection; returns status, lower-cased headers, body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        all_headers = dict(headers)
-        if body is not None:
-            all_headers.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=body, headers=all_headers)
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-    finally:
-        conn.close()
-
-
-def wait_ready(
-    service: Service, path: str, headers: Sequence[tuple[str, str]] = (),
-    timeout: float = READY_TIMEOUT_S,
-) -> None:
-    """Poll ``GET path`` until 200, the deadline passes, or the process dies."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        code = service.exited()
-        if code is not None:
-            raise BenchError(
-                f"{service.name} exited with code {code} before it was ready; its output:\n"
-                f"{service.log_tail()}"
-            )
-        try:
-            status, _, _ = http_call(service.port, "GET", path, headers=headers, timeout=2.0)
-            if status == 200:
-                return
-            last = f"HTTP {status}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise BenchError(
-        f"{service.name} not ready after {timeout:.0f}s on GET {path} ({last}); its output:\n"
-        f"{service.log_tail()}"
-    )
-
-
 def validate(target: Target) -> tuple[bytes, dict[str, str]]:
     """Check the target answers our request with 200 and a JSON body; return body, headers."""
     status, headers, body = http_call(target.port, "POST", CHAT_PATH, CHAT_BODY, target.headers)
@@ -252,145 +102,16 @@ def validate(target: Target) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
-def probe_interpreter(python: str) -> Interpreter:
-    """Ask ``python`` what it can import, from the repository root, without side effects."""
-    info = Interpreter(path=python)
-    code = (
-        "import importlib.util as u, json, platform, sys\n"
-        "def ok(*names):\n"
-        "    try:\n"
-        "        for n in names: __import__(n)\n"
-        "        return None\n"
-        "    except Exception as e:\n"
-        "        return f'{type(e).__name__}: {e}'\n"
-        "bare = ok('trio', 'hypercorn.trio')\n"
-        "mock = bare or ok('edge.mock_upstream')\n"
-        "edge = bare or ok('edge.cli')\n"
-        "fast = 'n/a'\n"
-        "if edge is None:\n"
-        "    fast = 'compiled' if ok('edge._fastpath') is None else 'pure Python'\n"
-        "print(json.dumps({'version': platform.python_implementation() + ' ' + "
-        "sys.version.split()[0], 'bare': bare, 'mock': mock, 'edge': edge, 'fastpath': fast}))\n"
-    )
-    try:
-        done = subprocess.run(
-            [python, "-c", code], capture_output=True, text=True, timeout=60,
-            cwd=REPO_ROOT, env=_child_env({}),
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        info.problem = f"cannot run {python}: {exc}"
-        return info
-    if done.returncode != 0:
-        info.problem = f"{python} failed: {done.stderr.strip()[-300:]}"
-        return info
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
-    info.version = facts["version"]
-    info.can_run_bare = facts["bare"] is None
-    info.can_run_mock = facts["mock"] is None
-    info.can_run_edge = facts["edge"] is None
-    info.fastpath = facts["fastpath"]
-    info.problem = facts["bare"] or facts["edge"] or facts["mock"]
-    return info
-
-
-def _child_env(overrides: dict[str, str]) -> dict[str, str]:
-    """Our environment minus anything that would make a run depend on the caller's setup."""
-    env = {
-        k: v for k, v in os.environ.items()
-        if k not in {"EDGE_CONFIG", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "EDGE_API_KEYS",
-                     "ENABLE_L2_CACHE", "REDIS_URL", "ENABLE_TRACING", "PORT", "HOST"}
-    }
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
-
-
-def mock_command(python: str, port: int, delay_ms: int) -> list[str]:
-    """``edge mock-upstream`` when the CLI exists, else the module's own entry point."""
-    probe = subprocess.run(
-        [python, "-c", "import edge.cli"], capture_output=True, cwd=REPO_ROOT,
-        env=_child_env({}), timeout=60,
-    )
-    if probe.returncode == 0:
-        return [python, "-m", "edge", "mock-upstream", "--host", "127.0.0.1",
-                "--port", str(port), "--delay-ms", str(delay_ms)]
-    options = f"host='127.0.0.1', port={port}" + (f", delay_ms={delay_ms}" if delay_ms else "")
-    return [python, "-c",
-            f"from edge.mock_upstream import MockOptions, run; run(MockOptions({options}))"]
-
-
-def wrk_version() -> str | None:
-    """``wrk 4.1.0`` or None when wrk is not on PATH."""
-    exe = shutil.which("wrk")
-    if exe is None:
-        return None
-    done = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=10)
-    first = (done.stdout or done.stderr).strip().splitlines()
-    return " ".join(first[0].split()[:2]) if first else "wrk"
-
-
-def _lua_string_ok(text: str) -> bool:
-    return "]==]" not in text and "\n" not in text
-
-
-def run_wrk(
-    target: Target, duration: float, connections: int, threads: int, workdir: Path,
-) -> LoadResult:
-    """Drive ``target`` with wrk and read the summary our Lua ``done`` hook prints."""
-    body = CHAT_BODY.decode()
-    if not _lua_string_ok(body):
-        raise BenchError("request body cannot be embedded in the wrk script")
-    headers = "\n".join(
-        f'wrk.headers["{name}"] = "{value}"'
-        for name, value in (("Content-Type", "application/json"), *target.headers)
-    )
-    script = workdir / f"wrk_{target.key}.lua"
-    script.write_text(_WRK_SCRIPT.format(body=body, headers=headers))
-    argv = [
-        "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
-        "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{target.port}{CHAT_PATH}",
-    ]
-    cpu_before = os.times()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    cpu_after = os.times()
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("EDGE-BENCH ")), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout}")
-    requests, duration_us, connect, read, write, status, timeout, p50, p99 = (
-        int(v) for v in line.split()[1:]
-    )
-    seconds = duration_us / 1e6
-    ok = requests - status
-    return LoadResult(
-        requests_per_s=ok / seconds if seconds else 0.0,
-        p50_ms=p50 / 1000,
-        p99_ms=p99 / 1000,
-        ok=ok,
-        errors=connect + read + write + status + timeout,
-        duration_s=seconds,
-        client_cpu_s=(cpu_after.children_user + cpu_after.children_system)
-        - (cpu_before.children_user + cpu_before.children_system),
-        statuses={},
-        error_kinds={k: v for k, v in (("connect", connect), ("read", read), ("write", write),
-                                       ("status", status), ("timeout", timeout)) if v},
-    )
-
-
 def run_target(
     target: Target, args: argparse.Namespace, use_wrk: bool, workdir: Path
 ) -> LoadResult:
     """Warm up (result thrown away), then measure."""
+    request = Request(port=target.port, body=CHAT_BODY, headers=target.headers)
+
     def once(duration: float) -> LoadResult:
-        if use_wrk:
-            return run_wrk(target, duration, args.connections, args.threads, workdir)
-        return run_load(LoadSpec(
-            host="127.0.0.1", port=target.port, path=CHAT_PATH, body=CHAT_BODY,
-            headers=target.headers, connections=args.connections, duration_s=duration,
-            processes=args.processes,
-        ))
+        return run_closed(request, duration, args.connections, use_wrk=use_wrk,
+                          threads=args.threads, processes=args.processes, workdir=workdir,
+                          name=target.key)
 
     if args.warmup > 0:
         once(args.warmup)
@@ -431,22 +152,6 @@ def render_table(rows: Sequence[Row]) -> str:
               for row in rows if len(row.rounds) > 1]
     notes.append("  load CPU: the load generator's own CPU time as a share of one core")
     return "\n".join(out + notes)
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def services_stopped(services: list[Service]) -> Iterator[None]:
-    """Whatever happens inside (error, Ctrl-C, SIGTERM), stop every started service."""
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        yield
-    finally:
-        for service in reversed(services):
-            service.stop()
-        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -554,7 +259,7 @@ class Harness:
                 port = free_port()
                 mock = self._launch(
                     "mock upstream", mock_command(sys.executable, port, args.mock_delay_ms),
-                    port, _child_env({}), self.workdir, {"a": AUTH},
+                    port, child_env({}), self.workdir, {"a": AUTH},
                 )
                 if not self.bring_up(mock, "/v1/models", AUTH):
                     mock = None
@@ -574,7 +279,7 @@ class Harness:
                 # Answer exactly the bytes the mock answers, so only the server stack differs.
                 (self.workdir / "body.json").write_bytes(mock_body)
                 argv += ["--body-file", str(self.workdir / "body.json")]
-            bare = self._launch("bare app", argv, port, _child_env({}), REPO_ROOT, {"c": AUTH})
+            bare = self._launch("bare app", argv, port, child_env({}), REPO_ROOT, {"c": AUTH})
             pending.append((bare, "/"))
 
         edge_keys = set(self.rows) & {"b", "d"}
@@ -584,7 +289,7 @@ class Harness:
             self.skip(edge_keys, f"{self.python} cannot import edge.cli ({self.interp.problem})")
         elif edge_keys and mock is not None:
             port = free_port()
-            env = _child_env({
+            env = child_env({
                 "OPENAI_API_KEY": "sk-bench",
                 "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
                 "METRICS_PORT": "0",
