@@ -143,7 +143,9 @@ class EdgeApp:
         self.edge: Edge | None = None
         self.tracing = Tracing.from_config(config)
         self.max_body = config.server.max_request_bytes
-        self._keys = {bytes.fromhex(k.sha256): k for k in config.auth.keys}
+        # digest -> (the same digest, key): the digest is decoded once, not per request
+        self._keys = {bytes.fromhex(k.sha256): (bytes.fromhex(k.sha256), k)
+                      for k in config.auth.keys}
         self._anonymous_ok = not self._keys or config.auth.allow_anonymous
         self._routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[None]]]] = {
             "/v1/chat/completions": (("POST",), self.chat),
@@ -307,10 +309,10 @@ class EdgeApp:
                 return
             raise Unauthorized("Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key'.")
         digest = hashlib.sha256(token).digest()
-        key = self._keys.get(digest)
-        if key is None or not hmac.compare_digest(bytes.fromhex(key.sha256), digest):
+        found = self._keys.get(digest)
+        if found is None or not hmac.compare_digest(found[0], digest):
             raise Unauthorized("Invalid API key.")
-        req.tenant = key.name
+        req.tenant = found[1].name
 
     async def read_body(self, req: Request) -> bytes:
         """The whole body, refusing more than max_request_bytes before reading it."""

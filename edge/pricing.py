@@ -56,10 +56,8 @@ class PriceTable:
 
     def price(self, model: str) -> tuple[float, float] | None:
         """(input, output) per million tokens, or None when the model is not priced."""
-        try:
+        if model in self._memo:
             return self._memo[model]
-        except KeyError:
-            pass
         found = self._prices.get(model)
         if found is None:
             for name in self._prefixes:
