@@ -107,6 +107,19 @@ def wrk_version() -> str | None:
     return " ".join(first[0].split()[:2]) if first else "wrk"
 
 
+def pick_tool(tool: str, threads: int, processes: int) -> tuple[str | None, str] | None:
+    """(wrk's version, or None to use loadgen; a description for the report).
+
+    None when `--tool wrk` was asked for and wrk is not on PATH.
+    """
+    wrk = wrk_version() if tool != "loadgen" else None
+    if tool == "wrk" and wrk is None:
+        return None
+    described = (f"{wrk}, {threads} thread(s)" if wrk is not None
+                 else f"benchmarks.loadgen, {processes} process(es)")
+    return wrk, described
+
+
 def _lua_string_ok(text: str) -> bool:
     return "]==]" not in text and "\n" not in text
 

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -50,13 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import charts, rivals
-from benchmarks.drivers import CLIENT_KEY, Request, chat_body, run_closed, wrk_version
+from benchmarks.drivers import CLIENT_KEY, Request, chat_body, pick_tool, run_closed
 from benchmarks.loadgen import Flow, LoadResult, RateSpec, run_rate
 from benchmarks.services import (
     REPO_ROOT,
     BenchError,
     Service,
     child_env,
+    command_line,
     free_port,
     http_call,
     mock_command,
@@ -784,14 +784,12 @@ def write_outputs(h: Harness, meta: dict[str, Any], verdicts: Sequence[Verdict],
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the harness; exit 0 when it ran (skipped rivals included), 2 on a harness error."""
     args = parse_args(argv)
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m benchmarks.harness", *map(shlex.quote, given)])
-    wrk = wrk_version() if args.tool != "loadgen" else None
-    if args.tool == "wrk" and wrk is None:
+    command = command_line("benchmarks.harness", argv)
+    picked = pick_tool(args.tool, args.threads, args.processes)
+    if picked is None:
         print("error: --tool wrk but wrk is not on PATH", file=sys.stderr)
         return 2
-    tool = (f"{wrk}, {args.threads} thread(s)" if wrk is not None
-            else f"benchmarks.loadgen, {args.processes} process(es)")
+    wrk, tool = picked
     here = probe_interpreter(sys.executable)
     if not (here.can_run_edge and here.can_run_mock and here.can_run_bare):
         print(f"error: {sys.executable} cannot run edge, the mock or the bare app: "

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import shlex
 import sys
 import tempfile
 import threading
@@ -35,6 +34,7 @@ from benchmarks.services import (
     BenchError,
     Service,
     child_env,
+    command_line,
     free_port,
     http_call,
     mock_command,
@@ -126,8 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.entries < 1 or args.answer_bytes < 200:
         parser.error("--entries must be positive and --answer-bytes at least 200")
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m benchmarks.memory", *map(shlex.quote, given)])
+    command = command_line("benchmarks.memory", argv)
     here = probe_interpreter(sys.executable)
     started = datetime.now(UTC)
     print(f"edge L1 memory probe, {started:%Y-%m-%d %H:%M} UTC")

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.drivers import CHAT_BODY, CHAT_PATH, CLIENT_KEY, Request, run_closed, wrk_version
+from benchmarks.drivers import CHAT_BODY, CHAT_PATH, CLIENT_KEY, Request, pick_tool, run_closed
 from benchmarks.loadgen import LoadResult
 from benchmarks.services import (
     REPO_ROOT,
@@ -44,6 +43,7 @@ from benchmarks.services import (
     Interpreter,
     Service,
     child_env,
+    command_line,
     free_port,
     http_call,
     mock_command,
@@ -349,14 +349,12 @@ class Harness:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the yardstick; exit 0 when every requested target was measured, else 1."""
     args = parse_args(argv)
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m benchmarks.overhead", *map(shlex.quote, given)])
-    wrk = wrk_version() if args.tool != "loadgen" else None
-    if args.tool == "wrk" and wrk is None:
+    command = command_line("benchmarks.overhead", argv)
+    picked = pick_tool(args.tool, args.threads, args.processes)
+    if picked is None:
         print("error: --tool wrk but wrk is not on PATH", file=sys.stderr)
         return 2
-    tool = (f"{wrk}, {args.threads} thread(s)" if wrk is not None
-            else f"benchmarks.loadgen, {args.processes} process(es)")
+    wrk, tool = picked
     python = shutil.which(args.python) or args.python
     interp = probe_interpreter(python)
     here = interp if python == sys.executable else probe_interpreter(sys.executable)

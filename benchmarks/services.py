@@ -15,9 +15,11 @@ import contextlib
 import http.client
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -303,3 +305,9 @@ def services_stopped(services: list[Service]) -> Iterator[None]:
         for service in reversed(services):
             service.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that ran this benchmark, as RESULTS.md records it."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    return " ".join([f"python -m {module}", *map(shlex.quote, given)])

@@ -28,7 +28,6 @@ import csv
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from benchmarks.services import (
     BenchError,
     Service,
     child_env,
+    command_line,
     free_port,
     http_call,
     mock_command,
@@ -158,8 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--minutes, --rate and --sample-every must be positive")
     if not 0 <= args.stream_share <= 1 or not 0 <= args.fail_rate <= 1:
         parser.error("--stream-share and --fail-rate must be between 0 and 1")
-    given = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m benchmarks.soak", *map(shlex.quote, given)])
+    command = command_line("benchmarks.soak", argv)
     here = probe_interpreter(sys.executable)
     started = datetime.now(UTC)
     print(f"edge soak, {started:%Y-%m-%d %H:%M} UTC")
