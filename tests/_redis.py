@@ -34,12 +34,12 @@ _ATTEMPTS = 3
 _POLL = 0.02
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+#: Ports handed to tests come from below the kernel's ephemeral range (32768-60999 here), so
+#: an outgoing connection's local port can never take one between the pick and the bind.
+_PORT_RANGE = (20000, 32000)
+#: Every port handed out in this session: never handed out twice, so two picks in a row
+#: (a proxy port and its metrics port) cannot collide even after the first was released.
+_handed_out: set[int] = set()
 
 
 def _port_is_free(port: int) -> bool:
@@ -51,15 +51,26 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _free_cluster_port(taken: set[int]) -> int:
-    """A port p with p and its cluster bus port p + 10000 both free (so p < 55536)."""
-    for _ in range(1000):
-        port = random.randrange(20000, 30000)
-        if port in taken or port + 10000 in taken:
+def _pick(wanted: int, *, with_bus: bool = False) -> int:
+    """A random free port not handed out before (and its cluster bus port p + `wanted`)."""
+    for _ in range(2000):
+        port = random.randrange(*_PORT_RANGE)
+        ports = (port, port + wanted) if with_bus else (port,)
+        if any(p in _handed_out for p in ports) or not all(_port_is_free(p) for p in ports):
             continue
-        if _port_is_free(port) and _port_is_free(port + 10000):
-            return port
-    raise RuntimeError("found no free port pair for a Redis Cluster node")
+        _handed_out.update(ports)
+        return port
+    raise RuntimeError("found no free port")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now and no other test was given."""
+    return _pick(0)
+
+
+def _free_cluster_port() -> int:
+    """A port p with p and its cluster bus port p + 10000 both free and never handed out."""
+    return _pick(10000, with_bus=True)
 
 
 def _redis_server_binary() -> str:
@@ -196,10 +207,8 @@ class RedisClusterProcesses:
         cli = shutil.which("redis-cli")
         if cli is None:
             pytest.skip("redis-cli is not installed (apt-get install redis-tools)")
-        taken: set[int] = set()
         for _ in range(3):
-            port = _free_cluster_port(taken)
-            taken.update((port, port + 10000))
+            port = _free_cluster_port()
             workdir = self.root / f"node-{port}"
             workdir.mkdir()
             self.ports.append(port)
