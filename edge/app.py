@@ -613,6 +613,9 @@ class EdgeApp:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         assembler = dialect.assembler()
         item = source.first
+        # Frames of the events already in hand, sent as one write when the next event needs
+        # a network read: never held across a wait, so nothing reaches the client later.
+        out: list[bytes] = []
         try:
             while item is not None:
                 assembler.feed(*item) if dialect.anthropic else assembler.feed(item)
@@ -620,11 +623,15 @@ class EdgeApp:
                     # edge asked upstream for usage (cost, tokens); this client did not, so
                     # it sees neither the usage-only chunk nor the "usage" field
                     if item["usage"] is not None and not item.get("choices"):
-                        item = await source.next()
-                        continue
-                    item = {k: v for k, v in item.items() if k != "usage"}
-                await send({"type": "http.response.body", "body": dialect.frame(item),
-                            "more_body": True})
+                        item = None
+                    else:
+                        item = {k: v for k, v in item.items() if k != "usage"}
+                if item is not None:
+                    out.append(dialect.frame(item))
+                if out and not source.ready():
+                    await send({"type": "http.response.body", "body": b"".join(out),
+                                "more_body": True})
+                    out.clear()
                 item = await source.next()
         except UpstreamError as error:
             # Headers are gone already: end the stream with an error event, never a clean end.
@@ -632,11 +639,13 @@ class EdgeApp:
             m.child(m.provider_errors, dep.provider.name, error.kind).inc()
             m.child(m.requests, req.endpoint, "5xx").inc()
             req.finished = True
-            await send({"type": "http.response.body", "body": dialect.error_frame(error),
+            out.append(dialect.error_frame(error))
+            await send({"type": "http.response.body", "body": b"".join(out),
                         "more_body": False})
             return None
         req.finished = True
-        await send({"type": "http.response.body", "body": dialect.stream_end, "more_body": False})
+        out.append(dialect.stream_end)
+        await send({"type": "http.response.body", "body": b"".join(out), "more_body": False})
         self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
         if not assembler.finished:
             return None

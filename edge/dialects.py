@@ -47,6 +47,11 @@ class EventSource:
     async def next(self) -> Item | None:
         return await anext(self.items, None)
 
+    def ready(self) -> bool:
+        """True when `next` will answer without waiting for the upstream."""
+        ready: bool = self.items.ready()
+        return ready
+
     async def aclose(self) -> None:
         await self.items.aclose()
 
@@ -203,6 +208,11 @@ class _TranslatedEvents:
             else:
                 self.pending.extend(self.translate.feed(chunk))
         return self.pending.pop(0)
+
+    def ready(self) -> bool:
+        # Not `chunks.ready()`: a chunk in hand may translate to no event, and the next
+        # one may then need a read; a relay holding frames across that read would delay them.
+        return bool(self.pending) or self.ended
 
     async def aclose(self) -> None:
         await self.chunks.aclose()

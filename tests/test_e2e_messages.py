@@ -75,6 +75,25 @@ def test_message_stream(client: anthropic.Anthropic, model: str) -> None:
 
 
 @pytest.mark.parametrize("model", ["claude-3-haiku-20240307", "gpt-4o-mini"])
+def test_stream_text_arrives_while_the_upstream_pauses(stack, model: str) -> None:
+    """Native and translated streams alike: what edge has is sent before it waits on the
+    upstream again (the whole stream takes a minute; the first words must not)."""
+    edge, _ = stack
+    client = anthropic.Anthropic(base_url=edge.url, api_key="client-key", max_retries=0,
+                                 timeout=30.0)
+    words: list[str] = []
+    with client.messages.stream(
+            model=model, max_tokens=100,
+            messages=[{"role": "user", "content": "!mock words=60 chunk_delay_ms=1000"}]) as s:
+        for text in s.text_stream:
+            if text:
+                words.append(text)
+            if len(words) == 2:
+                break
+    assert len(words) == 2
+
+
+@pytest.mark.parametrize("model", ["claude-3-haiku-20240307", "gpt-4o-mini"])
 def test_tools_both_ways(client: anthropic.Anthropic, model: str) -> None:
     first = client.messages.create(
         model=model, max_tokens=200, tools=TOOLS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 
 import httpx
@@ -285,6 +286,27 @@ def test_client_disconnect_closes_upstream(stack) -> None:
         for _ in response.iter_lines():
             break  # read one line, then hang up
     wait_until(lambda: mock.stats()["disconnects"] > before, what="upstream disconnect")
+
+
+def test_stream_events_reach_the_client_while_the_upstream_pauses(stack) -> None:
+    """edge sends what it has before waiting on the upstream again: the first words arrive
+    while the mock is still pausing between the rest (a relay that held them would hang
+    here until the read timeout, since the whole stream takes a minute)."""
+    edge, _ = stack
+    body = {"model": "gpt-4o", "stream": True,
+            "messages": [{"role": "user", "content": "!mock words=60 chunk_delay_ms=1000"}]}
+    words: list[str] = []
+    with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json=body,
+                      timeout=httpx.Timeout(30.0)) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                if delta.get("content"):
+                    words.append(delta["content"])
+            if len(words) == 2:
+                break
+    assert len(words) == 2
 
 
 def test_health_endpoints(stack) -> None:

@@ -179,6 +179,9 @@ class NativeEventStream:
             raise
         return envelope["event"], envelope["data"]
 
+    def ready(self) -> bool:
+        return self._events.ready()
+
     async def aclose(self) -> None:
         await self._events.aclose()
 

@@ -196,6 +196,13 @@ class ChunkStream:
             await self._fill()
         return self._pending.pop(0)
 
+    def ready(self) -> bool:
+        """True when the next `__anext__` needs no network read (an item, an end, an error).
+
+        One read often carries several events; the relay sends what is ready as one write.
+        """
+        return bool(self._pending) or self._finished or self._error is not None
+
     async def _fill(self) -> None:
         name = self.provider.name
         try:
