@@ -219,6 +219,13 @@ def _supervise(config: Config, load_args: dict[str, Any],
             process.start()
             processes.append(process)
     signal.signal(signal.SIGINT, previous)
+    # Every worker holds its own descriptors now. Were the parent to keep its copies, the
+    # listening sockets would outlive the workers' drain: the kernel would go on taking
+    # connections that no one will ever accept, instead of refusing them.
+    for bound in sockets:
+        if bound is not None:
+            for sock in (*bound.secure_sockets, *bound.insecure_sockets):
+                sock.close()
     if metrics_dir is not None:
         log.info("metrics aggregate across workers", workers=len(processes), dir=metrics_dir)
 

@@ -159,3 +159,45 @@ def test_two_workers_serve_and_drain(tmp_path: Path) -> None:
     finally:
         proc.stop()
         mock.stop()
+
+
+def test_two_workers_refuse_new_connections_while_draining(tmp_path: Path) -> None:
+    """Once SIGTERM arrives, a new client is refused at once, not taken in and left hanging
+    until the drain ends (which is what happens if the parent keeps the listening socket)."""
+    mock = MockUpstream(tmp_path)
+    proc = EdgeProcess(tmp_path, args=("--workers", "2"),
+                       env={"OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": f"{mock.url}/v1"})
+    try:
+        result: dict[str, bytes] = {}
+        streaming = threading.Event()
+
+        def long_stream() -> None:
+            body = {"model": "gpt-4o", "stream": True, "messages": [
+                {"role": "user", "content": "!mock words=60 chunk_delay_ms=200"}]}
+            with httpx.stream("POST", f"{proc.url}/v1/chat/completions", json=body,
+                              timeout=60) as r:
+                streaming.set()
+                result["text"] = r.read()
+
+        thread = threading.Thread(target=long_stream)
+        thread.start()
+        assert streaming.wait(30)
+        proc.signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                httpx.get(f"{proc.url}/health/live", timeout=httpx.Timeout(5.0, connect=5.0))
+            except httpx.ConnectError:
+                return True
+            except httpx.TransportError:
+                pass  # accepted just as a listener closed, then reset: look again
+            return False
+
+        wait_until(refused, what="new connections refused during the drain")
+        assert thread.is_alive(), "the stream ended before new connections were refused"
+        thread.join(timeout=60)
+        assert result["text"].rstrip().endswith(b"data: [DONE]")
+        assert proc.wait() == 0
+    finally:
+        proc.stop()
+        mock.stop()
