@@ -30,7 +30,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
@@ -759,20 +759,28 @@ def _parse_provider(
 
 
 def _builtin_providers(
-    taken: set[str], env: Mapping[str, str], warnings: list[str]
-) -> list[ProviderConfig]:
-    """OPENAI_API_KEY / ANTHROPIC_API_KEY enable providers the file does not define itself."""
-    providers: list[ProviderConfig] = []
+    providers: list[ProviderConfig], env: Mapping[str, str], warnings: list[str]
+) -> None:
+    """OPENAI_API_KEY / ANTHROPIC_API_KEY enable providers the file does not define itself.
+
+    A file's own provider of that name and kind is the built-in one configured in the file:
+    *_BASE_URL overrides its base_url, since the environment outranks the file.
+    """
     for name, key_var, url_var in (
         ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
         ("anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
     ):
         url_text = env.get(url_var, "").strip()
-        if name in taken:
+        index = next((i for i, p in enumerate(providers) if p.name == name), None)
+        if index is not None:
             if url_text:
-                warnings.append(
-                    f'{url_var} is ignored: the config file defines a provider named "{name}"'
-                )
+                defined = providers[index]
+                if defined.kind == name:
+                    providers[index] = replace(
+                        defined, base_url=_check_base_url(url_text, f"{_ENV_FILE}: {url_var}"))
+                else:
+                    warnings.append(f'{url_var} is ignored: the config file\'s provider '
+                                    f'"{name}" is of kind "{defined.kind}"')
             continue
         api_key = env.get(key_var, "").strip()
         if not api_key:
@@ -789,7 +797,6 @@ def _builtin_providers(
                 models=_BUILTIN_MODELS[name],
             )
         )
-    return providers
 
 
 def _quoted(name: str) -> str:
@@ -1012,7 +1019,7 @@ def load_config(
     api_keys_text = env.get("EDGE_API_KEYS")
     if api_keys_text:
         _env_api_keys(api_keys_text, keys, warnings)
-    providers.extend(_builtin_providers({p.name for p in providers}, env, warnings))
+    _builtin_providers(providers, env, warnings)
 
     # Command-line layer.
     if overrides:

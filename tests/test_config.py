@@ -665,7 +665,18 @@ def test_toml_providers_come_first_and_shadow_builtins(tmp_path: Path) -> None:
     config = load_config(env=env)
     assert [p.name for p in config.providers] == ["up", "openai", "anthropic"]
     assert config.providers[1].api_key == "sk-mine"
-    assert config.providers[1].base_url == "http://127.0.0.1:1/v1"
+    # the environment outranks the file: OPENAI_BASE_URL moves the file's "openai" provider
+    assert config.providers[1].base_url == "http://127.0.0.1:2/v1"
+    assert config.providers[1].models == ("gpt-*",)
+    del env["OPENAI_BASE_URL"]
+    assert load_config(env=env).providers[1].base_url == "http://127.0.0.1:1/v1"
+
+
+def test_base_url_env_ignored_for_a_file_provider_of_another_kind(tmp_path: Path) -> None:
+    write(tmp_path, '[[providers]]\nname = "openai"\nkind = "anthropic"\n'
+                    'base_url = "http://127.0.0.1:1"\nmodels = ["claude-*"]\n')
+    config = load_config(env={"OPENAI_BASE_URL": "http://127.0.0.1:2/v1"})
+    assert config.providers[0].base_url == "http://127.0.0.1:1"
     assert any("OPENAI_BASE_URL is ignored" in w for w in config.warnings)
 
 
