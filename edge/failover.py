@@ -15,7 +15,8 @@ upstream answer such as a 400 for a bad parameter is returned to the client at o
 counts as the provider being up.
 
 Hedging (`hedge_after_ms > 0`): if the running attempt has produced nothing in that time,
-the next candidate starts beside it in the same nursery; the first good answer wins and
+the next candidate starts beside it in the same nursery (each candidate at most once: a
+hedge never wraps round to one that may still be running); the first good answer wins and
 cancelling the nursery cancels the others, which closes their upstream connections. A
 successful answer that lost the race is handed to `discard` (a stream must be closed).
 """
@@ -63,7 +64,8 @@ class Attempts(Generic[T]):
         self.discard = discard
         self.tracing = tracing if tracing is not None else _NO_TRACING
         self.last: UpstreamError | None = None
-        self.started = 0
+        self.started = 0  # turns used, a candidate skipped by its breaker included
+        self.tried = 0  # upstream calls actually made
 
     async def run(self) -> tuple[T, Deployment]:
         if self.routing.hedge_after_ms > 0 and len(self.plan) > 1:
@@ -88,6 +90,7 @@ class Attempts(Generic[T]):
             return answer
 
     async def _try_untraced(self, dep: Deployment) -> T:
+        self.tried += 1
         began = time.monotonic()
         try:
             answer = await self.attempt(dep)
@@ -193,7 +196,10 @@ class Attempts(Generic[T]):
                 raise self._exhausted()
             while winner is None and fatal is None:
                 outcome = None
-                with trio.move_on_after(hedge_after if running else math.inf):
+                # Hedges race the plan's other candidates, once each: a hedge never wraps
+                # round to a candidate whose first call may still be running.
+                can_hedge = running > 0 and self.started < len(self.plan)
+                with trio.move_on_after(hedge_after if can_hedge else math.inf):
                     outcome = await receive.receive()
                 if outcome is None:  # nothing yet from the running attempts: hedge
                     if launch():
@@ -240,7 +246,7 @@ class Attempts(Generic[T]):
                                       code="circuit_open", retry_after=max(wait, 1.0))
         if isinstance(last, UpstreamStatus) and last.status >= 500:
             return UpstreamError(
-                f"upstream failed after {self.started} attempt(s): {last.message}",
+                f"upstream failed after {self.tried} attempt(s): {last.message}",
                 code="upstream_failed",
             )
         return last

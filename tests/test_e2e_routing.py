@@ -161,10 +161,12 @@ def test_open_breaker_is_skipped_and_reported(tmp_path, mocks) -> None:
 def test_every_circuit_open_fails_fast_with_503(tmp_path, mocks) -> None:
     bad = mocks("--fail-rate", "1.0")
     edge = EdgeProcess(tmp_path, env=ENV, config=(
-        "[routing]\nmax_attempts = 1\nbreaker_failures = 1\nbreaker_cooldown_s = 600\n" +
+        "[routing]\nmax_attempts = 2\nbreaker_failures = 1\nbreaker_cooldown_s = 600\n" +
         provider("bad", bad.url)))
     try:
-        assert chat(edge).status_code == 502
+        first = chat(edge)  # the call fails and opens the circuit; the second turn is skipped
+        assert first.status_code == 502
+        assert "after 1 attempt(s)" in first.json()["error"]["message"]  # a skipped turn is none
         before = calls(bad)
         r = chat(edge)
         assert r.status_code == 503
@@ -207,6 +209,24 @@ def test_hedge_wins_and_loser_is_cancelled(tmp_path, mocks) -> None:
         # the loser's server sees the disconnect (its connection was closed)
         wait_until(lambda: slow.stats()["disconnects"] >= 1, what="loser cancelled")
         assert metric(edge, 'llm_edge_hedges_total{provider="fast"}') == 1
+    finally:
+        edge.stop()
+
+
+def test_hedges_try_each_candidate_once_not_the_running_one_again(tmp_path, mocks) -> None:
+    """Both providers slow: the hedge starts the second one, and no further hedge wraps
+    round to the first while its call is still running (max_attempts would allow it)."""
+    a, b = mocks("--delay-ms", "1500"), mocks("--delay-ms", "1500")
+    edge = EdgeProcess(tmp_path, env=ENV, config=(
+        "[routing]\nhedge_after_ms = 100\nmax_attempts = 3\n" + provider("a", a.url) +
+        provider("b", b.url)))
+    try:
+        r = chat(edge)
+        assert r.status_code == 200
+        assert calls(a) == 1
+        assert calls(b) == 1
+        assert metric(edge, 'llm_edge_hedges_total{provider="b"}') == 1
+        assert metric(edge, 'llm_edge_hedges_total{provider="a"}') == 0
     finally:
         edge.stop()
 
