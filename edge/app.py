@@ -191,7 +191,9 @@ class EdgeApp:
     async def _http(self, req: Request) -> None:
         path = req.scope["path"]
         route = self._routes.get(path)
-        req.anthropic = path == "/v1/messages"
+        # Anthropic clients also call /v1/messages/* (count_tokens, batches): their errors
+        # too come in Anthropic's format.
+        req.anthropic = path == "/v1/messages" or path.startswith("/v1/messages/")
         try:
             if path.startswith("/v1/"):
                 self.authenticate(req)  # every /v1/* answer needs a key, even a 404 or 405

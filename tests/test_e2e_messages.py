@@ -168,6 +168,12 @@ def test_errors_in_anthropic_format(stack, client: anthropic.Anthropic) -> None:
     r = httpx.get(f"{edge.url}/v1/messages")
     assert r.status_code == 405
     assert r.json()["type"] == "error"
+    # other Messages API paths (the SDK's count_tokens) are not served, in Anthropic's format
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.count_tokens(model="claude-3-haiku-20240307",
+                                     messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["type"] == "error"  # type: ignore[index]
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
 def test_upstream_failure_mid_stream_ends_with_error_event(stack) -> None:
