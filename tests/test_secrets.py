@@ -31,7 +31,8 @@ SECRETS = (OPENAI_KEY, ANTHROPIC_KEY, CLIENT_KEY, REDIS_PASSWORD)
 FRAGMENTS = ("SECRET-openai", "SECRET-anthropic", "SECRET-redis", "SECRET-91b0d2")
 
 # Directives, chosen by the last user message; each makes the upstream echo the credential.
-DIRECTIVES = ("echo-400", "echo-500", "echo-429", "echo-fields", "echo-plain", "echo-stream")
+DIRECTIVES = ("echo-400", "echo-500", "echo-429", "echo-fields", "echo-plain", "echo-stream",
+              "echo-answer")
 
 
 def leaks(text: str) -> list[str]:
@@ -65,6 +66,8 @@ class EchoUpstream(BaseHTTPRequestHandler):
             self.send(400, "text/plain", echo.encode())
         elif directive == "echo-stream" and body.get("stream"):
             self.stream_error(anthropic, echo)
+        elif directive == "echo-answer":  # a normal answer whose text holds the credential
+            self.answer(anthropic, body, bool(body.get("stream")), f"fine, {echo}")
         else:
             self.answer(anthropic, body, bool(body.get("stream")))
 
@@ -73,11 +76,12 @@ class EchoUpstream(BaseHTTPRequestHandler):
         self.send(status, "application/json", json.dumps(payload).encode(),
                   [("retry-after", "0")] if status == 429 else [])
 
-    def answer(self, anthropic: bool, body: dict[str, Any], stream: bool) -> None:
+    def answer(self, anthropic: bool, body: dict[str, Any], stream: bool,
+               text: str = "fine") -> None:
         model = body.get("model", "m")
         if anthropic:
             message = {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
-                       "content": [{"type": "text", "text": "fine"}], "stop_reason": "end_turn",
+                       "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
                        "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}
             if not stream:
                 self.send(200, "application/json", json.dumps(message).encode())
@@ -88,7 +92,7 @@ class EchoUpstream(BaseHTTPRequestHandler):
                 ("content_block_start", {"type": "content_block_start", "index": 0,
                                          "content_block": {"type": "text", "text": ""}}),
                 ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                         "delta": {"type": "text_delta", "text": "fine"}}),
+                                         "delta": {"type": "text_delta", "text": text}}),
                 ("content_block_stop", {"type": "content_block_stop", "index": 0}),
                 ("message_delta", {"type": "message_delta",
                                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
@@ -101,14 +105,14 @@ class EchoUpstream(BaseHTTPRequestHandler):
         head = {"id": "chatcmpl-1", "created": 1, "model": model}
         if not stream:
             completion = {**head, "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "fine"},
+                {"index": 0, "message": {"role": "assistant", "content": text},
                  "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
             self.send(200, "application/json", json.dumps(completion).encode())
             return
         chunks = [
             {**head, "object": "chat.completion.chunk", "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": "fine"},
+                {"index": 0, "delta": {"role": "assistant", "content": text},
                  "finish_reason": None}]},
             {**head, "object": "chat.completion.chunk", "choices": [
                 {"index": 0, "delta": {}, "finish_reason": "stop"}]},
@@ -244,6 +248,9 @@ def test_upstream_echo_never_reaches_the_client(edge: EdgeProcess, path: str, mo
         assert "Headers received" in response.text  # the error event reached the client
     elif directive == "echo-stream":
         assert response.status_code == 200  # not streamed: the upstream answered normally
+    elif directive == "echo-answer":
+        assert response.status_code == 200, response.text
+        assert "Headers received: credential=" in response.text  # the echo came through
     else:
         assert response.status_code == 400, response.text
 

@@ -44,6 +44,7 @@ class Provider(ABC):
         self.transport = transport
         self.retry_on = retry_on
         self._secret = config.api_key or ""
+        self._secret_bytes = self._secret.encode()
         t = config.timeout_s
         self.timeouts = {"connect": min(t, 10.0), "read": t, "write": t, "pool": t}
 
@@ -69,6 +70,12 @@ class Provider(ABC):
         if self._secret and self._secret in text:
             text = text.replace(self._secret, "[redacted]")
         return text
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        """The same for an answer or an event as received (one substring search when clean)."""
+        if self._secret_bytes and self._secret_bytes in data:
+            data = data.replace(self._secret_bytes, b"[redacted]")
+        return data
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`."""
@@ -115,7 +122,7 @@ class Provider(ABC):
         return b"".join(parts)
 
     async def read_json(self, response: httpx.Response) -> dict[str, Any]:
-        body = await self.read_body(response)
+        body = self.redact_bytes(await self.read_body(response))
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -220,8 +227,9 @@ class ChunkStream:
             ) from None
         try:
             events = self._parser.feed(data)
+            redact = self.provider.redact_bytes
             for event, payload in events:
-                chunks, complete = self._decode(event, payload)
+                chunks, complete = self._decode(event, redact(payload))
                 self._pending.extend(chunks)
                 if complete:
                     self._finished = True
