@@ -133,12 +133,20 @@ class UpstreamStatus(UpstreamError):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        provider: str | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code, retry_after=retry_after)
         self.status = status
         self.retryable = retryable
         if upstream_type:
             self.type = upstream_type
+        self.provider = provider  # who answered: the client sees it in x-edge-provider
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = super().headers()
+        if self.provider is not None:
+            headers.append((b"x-edge-provider", self.provider.encode()))
+        return headers
 
 
 class UpstreamTimeout(UpstreamError):

@@ -228,6 +228,7 @@ def test_upstream_4xx_passed_through(client: openai.OpenAI, stack) -> None:
     assert info.value.status_code == 400
     assert mock.stats()["requests"] == before + 1  # a 400 is not retried
     assert PROVIDER_KEY not in str(info.value.body)
+    assert info.value.response.headers["x-edge-provider"] == "mock"  # it did answer
 
 
 def test_upstream_500_retried_then_502(client: openai.OpenAI, stack) -> None:

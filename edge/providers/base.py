@@ -158,6 +158,7 @@ class Provider(ABC):
             param=redact(param) if param else None,
             code=redact(code) if code else None,
             retry_after=retry_after,
+            provider=self.name,
         )
 
 
