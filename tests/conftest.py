@@ -1,4 +1,6 @@
-"""Fixtures shared by the suite: real Redis servers and real edge / mock-upstream processes."""
+"""Fixtures shared by the suite: real Redis servers, real edge / mock-upstream processes,
+and `impl`, each implementation of the hot path in turn."""
 
 from _redis import *  # noqa: F403
 from _servers import *  # noqa: F403
+from _twins import impl  # noqa: F401 - a fixture, found by name

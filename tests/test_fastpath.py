@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from _twins import NO_EXTENSIONS, both, compiled, pure
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,30 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import edge._fastpath_py as pure
 import edge.fastpath as fastpath
-
-try:
-    compiled: types.ModuleType | None = importlib.import_module("edge._fastpath")
-except ImportError:
-    compiled = None  # test_compiled_module_loaded reports this; the rest skip
-
-NO_EXTENSIONS = os.environ.get("EDGE_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes")
-
-
-@pytest.fixture(params=["compiled", "pure"])
-def impl(request: pytest.FixtureRequest) -> types.ModuleType:
-    """Each implementation in turn."""
-    if request.param == "pure":
-        return pure
-    if compiled is None:
-        pytest.skip("edge._fastpath is not built (python setup.py build_ext --inplace)")
-    return compiled
-
-
-def both() -> list[types.ModuleType]:
-    """The implementations available, for tests that compare them."""
-    return [pure] if compiled is None else [compiled, pure]
 
 
 def requires_compiled() -> None:

@@ -7,7 +7,6 @@ plain float passed in: no clock, no sleeps.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import types
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from _twins import both, compiled, pure
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -25,13 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import edge._fastpath_py as pure
 import edge.fastpath as fastpath
-
-try:
-    compiled: types.ModuleType | None = importlib.import_module("edge._fastpath")
-except ImportError:
-    compiled = None  # test_fastpath.py::test_compiled_module_loaded reports this
 
 NAN = math.nan
 INF = math.inf
@@ -51,21 +45,6 @@ ROUTING_NAMES = [
     "rank",
     "retry_after_all",
 ]
-
-
-@pytest.fixture(params=["compiled", "pure"])
-def impl(request: pytest.FixtureRequest) -> types.ModuleType:
-    """Each implementation in turn."""
-    if request.param == "pure":
-        return pure
-    if compiled is None:
-        pytest.skip("edge._fastpath is not built (python setup.py build_ext --inplace)")
-    return compiled
-
-
-def both() -> list[types.ModuleType]:
-    """The implementations available, for tests that compare them."""
-    return [pure] if compiled is None else [compiled, pure]
 
 
 def stats_of(impl: types.ModuleType, *prices: tuple[float, float]) -> list[Any]:

@@ -9,42 +9,19 @@ lines, dispatch at each blank line).
 
 from __future__ import annotations
 
-import importlib
-import os
 import types
 from typing import Any
 
 import orjson
 import pytest
+from _twins import NO_EXTENSIONS, both, compiled, pure
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import edge._fastpath_py as pure
 import edge.fastpath as fastpath
 import edge.sse as sse
 
-try:
-    compiled: types.ModuleType | None = importlib.import_module("edge._fastpath")
-except ImportError:
-    compiled = None
-
-NO_EXTENSIONS = os.environ.get("EDGE_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes")
-
 Event = tuple[str | None, bytes]
-
-
-@pytest.fixture(params=["compiled", "pure"])
-def impl(request: pytest.FixtureRequest) -> types.ModuleType:
-    """Each implementation in turn."""
-    if request.param == "pure":
-        return pure
-    if compiled is None:
-        pytest.skip("edge._fastpath is not built (python setup.py build_ext --inplace)")
-    return compiled
-
-
-def both() -> list[types.ModuleType]:
-    return [pure] if compiled is None else [compiled, pure]
 
 
 def feed_all(parser: Any, pieces: list[bytes]) -> list[Event]:
