@@ -41,6 +41,7 @@ from benchmarks.services import (
     probe_interpreter,
     process_tree,
     rss_bytes,
+    run_script,
     services_stopped,
     tree_rss_bytes,
     wait_ready,
@@ -238,11 +239,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; services stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main)

@@ -48,6 +48,7 @@ from benchmarks.services import (
     http_call,
     mock_command,
     probe_interpreter,
+    run_script,
     services_stopped,
     wait_ready,
 )
@@ -407,11 +408,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; services stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main)

@@ -21,11 +21,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60.0
@@ -40,6 +40,18 @@ _SCRUBBED_ENV = frozenset({
 
 class BenchError(RuntimeError):
     """A part of a benchmark could not start or answer; the message says which."""
+
+
+def run_script(main: Callable[[], int]) -> NoReturn:
+    """A benchmark's `__main__`: its exit code; 2 with the reason when a part failed."""
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; services stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 @dataclass(slots=True)
