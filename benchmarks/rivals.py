@@ -18,6 +18,7 @@ is installed on the machine and reports the rest as skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -137,10 +138,8 @@ def find_portkey(explicit: str | None) -> Found:
                                    "npm install @portkey-ai/gateway into a directory)")
     version = "unknown"
     package = script.parent.parent / "package.json"
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no readable package.json: "unknown"
         version = json.loads(package.read_text()).get("version", "unknown")
-    except (OSError, ValueError):
-        pass
     return Found(str(script), version)
 
 
