@@ -491,9 +491,12 @@ async def test_postgres_stopped_mid_run(postgres_factory: Callable[[], PostgresS
     server = postgres_factory()
     url = server.create_database()
     downs: list[str] = []
-    service = StoreService(open_store(url), flush_interval=0.05, key_poll_interval=0.05,
-                           probe_interval=0.05, max_probe_interval=0.5, queue_size=1000,
-                           batch_size=50, on_error=downs.append, clock=lambda: T0)
+    # only the writer touches the store (no key polls, no cleanup passes), so it is the
+    # ledger write that meets the outage and must keep its batch
+    service = StoreService(open_store(url), flush_interval=0.05, key_poll_interval=3600,
+                           cleanup_interval=3600, probe_interval=0.05, max_probe_interval=0.5,
+                           queue_size=1000, batch_size=50, on_error=downs.append,
+                           clock=lambda: T0)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         assert service.healthy
@@ -503,16 +506,18 @@ async def test_postgres_stopped_mid_run(postgres_factory: Callable[[], PostgresS
         await _poll(lambda: service.rows_written == 20, "rows written while up")
 
         await trio.to_thread.run_sync(server.stop)
+        for i in range(20, 320):
+            assert service.record_usage(_row(i))
         await _poll(lambda: not service.healthy, "the store marked unhealthy")
         assert downs
+        assert service.errors >= 1  # a write failed...
+        # ...and its batch is still buffered (a row handed to the waiting writer counts
+        # once it has it), not dropped
+        await _poll(lambda: service.queued == 300, "300 rows buffered")
+        assert (service.rows_written, service.rows_dropped) == (20, 0)
         with pytest.raises(StoreUnavailable):
             await service.get_key("team-a")  # fails fast while down
         assert service.key_by_digest(_key("team-a").digest) == _key("team-a")  # last read
-        for i in range(20, 320):
-            assert service.record_usage(_row(i))
-        # buffered (a row handed to the waiting writer counts once it has it), not dropped
-        await _poll(lambda: service.queued == 300, "300 rows buffered")
-        assert (service.rows_written, service.rows_dropped) == (20, 0)
 
         await trio.to_thread.run_sync(server.start)
         await _poll(lambda: service.healthy, "the store healthy again by itself")
