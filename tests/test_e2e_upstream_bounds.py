@@ -1,11 +1,14 @@
 """`edge serve` against upstreams that misbehave at the HTTP level, watched from the wire.
 
-The promise checked here, each against a real edge process and an in-test upstream
+Two promises are checked here, each against a real edge process and an in-test upstream
 written on raw sockets (so it can do what no well-behaved server does):
 
 * A request that reached the upstream in full is never re-sent by the transport on its
   own. A reused keep-alive connection that dies after the upstream read the POST (it may
   be running and billing it) fails that attempt; the failover settings decide what next.
+* An answer bigger than the cap is refused while it is read: a declared
+  `Content-Length: 2147483648` or an endless chunked body costs edge at most about the
+  cap in memory, not the declared size, and the client gets a 502 `upstream_error`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import httpx
 import orjson
 import pytest
 from _servers import EdgeProcess
+
+from edge.providers.base import MAX_ANSWER_BYTES
 
 ENV = {"K": "sk-bounds-secret-0123456789"}
 DEADLINE = 30.0  # only reached when something is broken
@@ -210,5 +215,68 @@ def test_post_read_by_the_upstream_fails_over_instead(tmp_path: Path, raw_upstre
         assert r.headers["x-edge-provider"] == "second"
         assert first.posts == 2  # the dead connection's request was delivered once
         assert second.posts == 1
+    finally:
+        edge.stop()
+
+
+# ------------------------------------------------------------------ answer size
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+def floods(server: RawUpstream, conn: Connection, head: bytes, piece: bytes) -> None:
+    """Answer with `head`, then send `piece` until the client hangs up (bounded by 2 GiB)."""
+    if server.read(conn) is None:
+        return
+    try:
+        conn.sock.sendall(head)
+        for _ in range((2 << 30) // len(piece)):
+            conn.sock.sendall(piece)
+    finally:
+        server.done.set()
+
+
+def declared_2gib(server: RawUpstream, conn: Connection) -> None:
+    floods(server, conn, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+           b"content-length: 2147483648\r\n\r\n", b"x" * 65536)
+
+
+def endless_chunks(server: RawUpstream, conn: Connection) -> None:
+    floods(server, conn, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+           b"transfer-encoding: chunked\r\n\r\n", b"10000\r\n" + b"x" * 65536 + b"\r\n")
+
+
+@pytest.mark.parametrize("script", [declared_2gib, endless_chunks], ids=["declared", "chunked"])
+def test_oversized_answer_is_refused_within_the_cap(
+    tmp_path: Path, raw_upstreams, script: Script
+) -> None:
+    good = raw_upstreams(answers)
+    huge = raw_upstreams(script)
+    # Every attempt (three, on the same provider) must be refused within the cap.
+    routing = "[routing]\nmax_attempts = 3\nbreaker_failures = 100\n"
+    edge = EdgeProcess(tmp_path, env=ENV, config=routing + provider("huge", huge.url)
+                       + provider("good", good.url).replace('["gpt-*"]', '["warm-*"]'))
+    pid = edge.proc.pid
+    try:
+        warm = chat(edge, "load everything an answer needs", model="warm-up")
+        assert warm.status_code == 200, warm.text
+        peak_before = status_kib(pid, "VmHWM")
+        r = chat(edge, "answer me at length")
+        assert r.status_code == 502, r.text
+        error = r.json()["error"]
+        assert error["type"] == "upstream_error"
+        assert "too large" in error["message"]
+        assert huge.done.wait(DEADLINE)  # edge hung up on the flood
+        # Generous on purpose: the bound is a few times the cap, the bug was the 2 GiB.
+        bound_kib = 3 * MAX_ANSWER_BYTES // 1024
+        assert status_kib(pid, "VmHWM") - peak_before < bound_kib
+        assert status_kib(pid, "VmRSS") - peak_before < bound_kib
+        assert chat(edge, "and again").status_code == 502  # nothing kept in a broken state
+        assert huge.accepts == 6  # no refused answer's connection was pooled
     finally:
         edge.stop()
