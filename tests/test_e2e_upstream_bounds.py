@@ -23,6 +23,7 @@ import httpx
 import orjson
 import pytest
 from _servers import EdgeProcess
+from test_e2e_routing import provider
 
 from edge.providers.base import MAX_ANSWER_BYTES
 
@@ -149,18 +150,6 @@ def raw_upstreams() -> Iterator[Callable[[Script], RawUpstream]]:
         server.close()
 
 
-def provider(name: str, url: str) -> str:
-    return f"""
-[[providers]]
-name = "{name}"
-kind = "openai"
-base_url = "{url}/v1"
-api_key = "env:K"
-models = ["gpt-*"]
-timeout_s = 20
-"""
-
-
 def chat(edge: EdgeProcess, content: str, model: str = "gpt-4o") -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": content}]}
     return httpx.post(f"{edge.url}/v1/chat/completions", json=body, timeout=DEADLINE * 2,
@@ -260,7 +249,7 @@ def test_oversized_answer_is_refused_within_the_cap(
     # Every attempt (three, on the same provider) must be refused within the cap.
     routing = "[routing]\nmax_attempts = 3\nbreaker_failures = 100\n"
     edge = EdgeProcess(tmp_path, env=ENV, config=routing + provider("huge", huge.url)
-                       + provider("good", good.url).replace('["gpt-*"]', '["warm-*"]'))
+                       + provider("good", good.url, models='["warm-*"]'))
     pid = edge.proc.pid
     try:
         warm = chat(edge, "load everything an answer needs", model="warm-up")
