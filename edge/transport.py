@@ -29,9 +29,12 @@ Invariants:
   `keepalive_expiry`, or readable while idle (the server closed it or sent junk), they are
   closed and the next one is tried.  The stack is LIFO, so the hottest connection is reused
   and the cold ones at the bottom age out.
-* A reused connection can still lose the race against the server's idle timeout.  When the
-  exchange fails on a reused connection before any response byte arrived and the body is
-  replayable (bytes), the request is retried once on a fresh connection.
+* A reused connection can still lose the race against the server's idle timeout.  It is
+  retried once on a fresh connection only when the server cannot have received the whole
+  request: found dead at checkout (see above), or the write itself failed, with a body in
+  memory to send again.  Once the request is written it may be running (and billed)
+  upstream, so a connection dying after that fails the exchange: whether to try again is
+  the caller's decision (failover), never this module's.
 * Timeouts are trio cancel scopes around each awaited operation (connect incl. TLS handshake,
   each write, each read including those between body chunks, waiting for a permit), and are
   translated into httpx's timeout exceptions.  Every other failure leaves this module as an
@@ -55,8 +58,6 @@ __all__ = ["LeanTransport"]
 _READ_SIZE = 65536
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HTTP11 = b"HTTP/1.1"
-# Failures that, on a reused connection with no response byte seen yet, mean "stale".
-_STALE_ERRORS = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _Timeout = float | None
 
@@ -73,7 +74,7 @@ def _describe(exc: BaseException) -> str:
 class _Connection:
     """One upstream socket and its h11 state machine."""
 
-    __slots__ = ("stream", "h11", "poller", "idle_since", "reused", "got_bytes")
+    __slots__ = ("stream", "h11", "poller", "idle_since", "reused")
 
     def __init__(self, stream: trio.abc.Stream, fileno: int) -> None:
         self.stream = stream
@@ -84,8 +85,6 @@ class _Connection:
             self.poller.register(fileno, select.POLLIN)
         self.idle_since = 0.0
         self.reused = False
-        # Whether any byte of the current response has arrived; decides if a retry is safe.
-        self.got_bytes = False
 
     def readable_while_idle(self) -> bool:
         """An idle keep-alive socket must have nothing to read: data or EOF means it is dead."""
@@ -140,7 +139,6 @@ async def _exchange(
 ) -> h11.Response:
     """Send the request and read up to the final response head."""
     h = conn.h11
-    conn.got_bytes = False
     try:
         head = h.send(
             h11.Request(
@@ -157,9 +155,18 @@ async def _exchange(
             await _send_all(conn, head, write_timeout)
             stream = request.stream
             if isinstance(stream, AsyncIterable):
-                async for chunk in stream:
-                    if chunk:
-                        await _send_all(conn, h.send(h11.Data(data=chunk)) or b"", write_timeout)
+                chunks = stream.__aiter__()
+                try:
+                    async for chunk in chunks:
+                        if chunk:
+                            data = h.send(h11.Data(data=chunk)) or b""
+                            await _send_all(conn, data, write_timeout)
+                finally:
+                    # A failed write abandons the body's generator: close it now rather
+                    # than leave it to the garbage collector (which trio warns about).
+                    close = getattr(chunks, "aclose", None)
+                    if close is not None:
+                        await close()
             else:
                 assert isinstance(stream, Iterable)
                 for chunk in stream:
@@ -174,10 +181,7 @@ async def _exchange(
     # read first instead of asking h11 for an event it cannot have.
     try:
         while True:
-            data = await _receive(conn, read_timeout)
-            if data:
-                conn.got_bytes = True
-            h.receive_data(data)
+            h.receive_data(await _receive(conn, read_timeout))
             while (event := h.next_event()) is not h11.NEED_DATA:
                 if type(event) is h11.Response:
                     return event
@@ -293,8 +297,9 @@ class _OriginPool:
             body = _replayable_body(request)
             try:
                 event = await _exchange(conn, request, body, read_timeout, write_timeout)
-            except _STALE_ERRORS:
-                if not conn.reused or conn.got_bytes or body is None:
+            except httpx.WriteError:
+                # The request did not get out whole, so the server cannot have acted on it.
+                if not conn.reused or body is None:
                     raise
                 stale, conn = conn, None
                 await self._drop(stale)

@@ -11,7 +11,7 @@ import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from functools import partial
 
 import h11
@@ -39,6 +39,7 @@ class Upstream:
         self.port = 0
         self.accepts = 0
         self.in_flight = 0
+        self.delivered = 0  # requests read in full, by handlers that count them
         self.release = trio.Event()  # handlers that stall wait on this
         self.disconnected = trio.Event()  # set by handlers that watch for the client leaving
 
@@ -323,23 +324,77 @@ async def test_stale_idle_connection_is_replaced() -> None:
         assert (stats["created"], stats["reused"]) == (2, 0)  # found dead at checkout
 
 
-async def race_handler(server: Upstream, stream: trio.abc.Stream) -> None:
-    """First connection: answer once, then take the next request and hang up on it."""
+def reset(stream: trio.abc.Stream) -> None:
+    """Abort the connection with an RST (linger 0) instead of an orderly FIN."""
+    assert isinstance(stream, trio.SocketStream)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+def dies_after_reading(hang_up: Callable[[trio.abc.Stream], Awaitable[None] | None]) -> Handler:
+    """First connection: answer once, read the next request in full, then `hang_up` on it.
+    Later connections echo, so a request sent again would succeed there."""
+
+    async def handler(server: Upstream, stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        if server.accepts == 1:
+            assert await peer.request() is not None
+            await peer.respond(b"first")
+            assert await peer.request() is not None
+            server.delivered += 1
+            if (closing := hang_up(stream)) is not None:
+                await closing
+            return
+        await echo(server, stream)
+
+    return handler
+
+
+@pytest.mark.parametrize("hang_up", [trio.aclose_forcefully, reset], ids=["fin", "rst"])
+async def test_reused_connection_dying_after_the_request_was_sent_is_not_retried(
+    hang_up: Callable[[trio.abc.Stream], Awaitable[None] | None],
+) -> None:
+    """The server may be running (and billing) the request: sending it again is not ours
+    to decide, so the exchange fails and the caller's failover decides."""
+    async with upstream(dies_after_reading(hang_up)) as server, LeanTransport() as transport:
+        assert (await get(transport, f"{server.url}/")).content == b"first"
+        request = httpx.Request("POST", f"{server.url}/p", content=b"payload")
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await transport.handle_async_request(request)
+        assert server.delivered == 1
+        assert server.accepts == 1
+        assert clean(transport)
+
+
+async def resets_while_the_body_arrives(server: Upstream, stream: trio.abc.Stream) -> None:
+    """First connection: answer once, then reset on the next request's head, long before its
+    body is in: the server cannot have acted on a request it never had whole."""
     peer = Peer(stream)
     if server.accepts == 1:
         assert await peer.request() is not None
         await peer.respond(b"first")
-        assert await peer.request() is not None
+        peer.conn.start_next_cycle()
+        assert isinstance(await peer._event(), h11.Request)
+        reset(stream)
         return
-    await echo(server, stream)
+    while (got := await peer.request()) is not None:
+        server.delivered += 1
+        await peer.respond(b"%d bytes" % len(got[1]))
 
 
-async def test_reused_connection_dying_before_the_response_is_retried_once() -> None:
-    async with upstream(race_handler) as server, LeanTransport() as transport:
+BIG = 32 << 20  # more than loopback's socket buffers hold, so the write is still going
+
+
+async def test_reused_connection_failing_the_write_is_retried_once() -> None:
+    async with (
+        upstream(resets_while_the_body_arrives) as server,
+        LeanTransport() as transport,
+    ):
         assert (await get(transport, f"{server.url}/")).content == b"first"
-        request = httpx.Request("POST", f"{server.url}/p", content=b"payload")
+        request = httpx.Request("POST", f"{server.url}/p", content=b"x" * BIG)
         response = await transport.handle_async_request(request)
-        assert await response.aread() == b"POST /p payload"  # the body was sent again
+        assert await response.aread() == b"%d bytes" % BIG  # sent again, whole, once
+        assert server.delivered == 1
         assert server.accepts == 2
         stats = transport.pool_stats()
         assert (stats["created"], stats["reused"]) == (2, 1)
@@ -347,13 +402,17 @@ async def test_reused_connection_dying_before_the_response_is_retried_once() -> 
 
 async def test_streamed_body_is_not_replayed() -> None:
     async def once() -> AsyncIterator[bytes]:
-        yield b"cannot be sent twice"
+        yield b"x" * BIG  # cannot be sent twice
 
-    async with upstream(race_handler) as server, LeanTransport() as transport:
+    async with (
+        upstream(resets_while_the_body_arrives) as server,
+        LeanTransport() as transport,
+    ):
         await get(transport, f"{server.url}/")
-        request = httpx.Request("POST", f"{server.url}/p", content=once())
-        with pytest.raises(httpx.RemoteProtocolError):
-            await transport.handle_async_request(request)
+        async with aclosing(once()) as body:
+            request = httpx.Request("POST", f"{server.url}/p", content=body)
+            with pytest.raises(httpx.WriteError):
+                await transport.handle_async_request(request)
         assert server.accepts == 1
         assert clean(transport)
 
@@ -566,10 +625,7 @@ async def test_write_timeout_when_upstream_stops_reading() -> None:
 async def test_connection_reset_is_a_read_error() -> None:
     async def handler(server: Upstream, stream: trio.abc.Stream) -> None:
         await read_head(stream)
-        assert isinstance(stream, trio.SocketStream)
-        # Linger 0: close() sends RST instead of FIN.
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        stream.socket.close()
+        reset(stream)
 
     async with upstream(handler) as server, LeanTransport() as transport:
         with pytest.raises(httpx.ReadError):

@@ -103,14 +103,23 @@ class Provider(ABC):
         return response
 
     async def read_body(self, response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes:
-        parts = []
-        size = 0
+        """The whole body, refused as soon as it is known to be over `limit` bytes.
+
+        An answer declaring more is refused unread, one without a length once the bytes read
+        pass it, so a hostile Content-Length costs nothing and an endless body about `limit`.
+        Either way the response is closed, which drops (never pools) an unfinished connection.
+        """
+        parts: list[bytes] = []
+        declared = response.headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else 0
         try:
-            async for part in response.stream:  # type: ignore[union-attr]
-                size += len(part)
-                if size > limit:
-                    break
-                parts.append(part)
+            if size <= limit:
+                size = 0
+                async for part in response.stream:  # type: ignore[union-attr]
+                    size += len(part)
+                    if size > limit:
+                        break
+                    parts.append(part)
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"provider {self.name} timed out reading the answer") from None
         except httpx.HTTPError as exc:
@@ -119,6 +128,11 @@ class Provider(ABC):
             ) from None
         finally:
             await response.aclose()
+        if size > limit:
+            parts.clear()  # the error's traceback keeps this frame alive, not the bytes read
+            raise UpstreamError(
+                f"provider {self.name} answered more than {limit} bytes: the answer is too large"
+            )
         return b"".join(parts)
 
     async def read_json(self, response: httpx.Response) -> dict[str, Any]:
