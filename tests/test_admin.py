@@ -56,7 +56,8 @@ async def test_create_shows_the_secret_once_and_stores_only_its_digest(admin: Ad
         "models": ["claude-*"], "expires_at": "2027-01-01T00:00:00Z"})
     assert status == 201
     secret = made.pop("key")
-    assert secret.startswith("sk-edge-") and len(secret) == 48
+    assert secret.startswith("sk-edge-")
+    assert len(secret) == 48
     assert set(made) == KEY_FIELDS
     assert made == {"name": "bob", "source": "admin", "key_prefix": secret[:12],
                     "created_at": "2026-03-07T12:00:00Z", "expires_at": "2027-01-01T00:00:00Z",
@@ -64,12 +65,15 @@ async def test_create_shows_the_secret_once_and_stores_only_its_digest(admin: Ad
                     "models": ["claude-*"], "spend_usd": 0.0,
                     "window_resets_at": "2026-03-08T00:00:00Z"}
     record = await admin.store.get_key("bob")
-    assert record is not None and record.digest == hashlib.sha256(secret.encode()).digest()
+    assert record is not None
+    assert record.digest == hashlib.sha256(secret.encode()).digest()
     # the new key works at once on this replica's snapshot
     policy = admin.auth.authenticate({b"authorization": f"Bearer {secret}".encode()}, NOW)
     assert (policy.name, policy.models) == ("bob", ("claude-*",))
     status, shown = await call(admin, "GET", "/admin/keys/bob")
-    assert status == 200 and shown == made and secret not in orjson.dumps(shown).decode()
+    assert status == 200
+    assert shown == made
+    assert secret not in orjson.dumps(shown).decode()
 
 
 async def test_list_has_file_keys_and_admin_keys(admin: AdminAPI) -> None:
@@ -79,32 +83,40 @@ async def test_list_has_file_keys_and_admin_keys(admin: AdminAPI) -> None:
     assert [(k["name"], k["source"]) for k in listed["data"]] == [("team-a", "config"),
                                                                   ("bob", "admin")]
     team = listed["data"][0]
-    assert team["key_prefix"] is None and team["created_at"] is None
-    assert team["models"] == ["gpt-4o*", "fast"] and team["budget_period"] == "month"
+    assert team["key_prefix"] is None
+    assert team["created_at"] is None
+    assert team["models"] == ["gpt-4o*", "fast"]
+    assert team["budget_period"] == "month"
     assert team["window_resets_at"] == "2026-04-01T00:00:00Z"
     bob = listed["data"][1]
-    assert bob["budget_usd"] is None and bob["budget_period"] == "total"
-    assert bob["window_resets_at"] is None and bob["models"] is None
+    assert bob["budget_usd"] is None
+    assert bob["budget_period"] == "total"
+    assert bob["window_resets_at"] is None
+    assert bob["models"] is None
 
 
 async def test_conflicts_and_unknown_keys(admin: AdminAPI) -> None:
     assert (await call(admin, "POST", "/admin/keys", {"name": "bob"}))[0] == 201
     status, error = await call(admin, "POST", "/admin/keys", {"name": "bob"})
-    assert status == 409 and "already exists" in error["error"]["message"]
+    assert status == 409
+    assert "already exists" in error["error"]["message"]
     status, error = await call(admin, "POST", "/admin/keys", {"name": "team-a"})
-    assert status == 409 and "config file" in error["error"]["message"]
+    assert status == 409
+    assert "config file" in error["error"]["message"]
     for method, path, body in [("PATCH", "/admin/keys/team-a", {"rpm": 1}),
                                ("POST", "/admin/keys/team-a/rotate", None),
                                ("DELETE", "/admin/keys/team-a", None)]:
         status, error = await call(admin, method, path, body)
-        assert status == 409 and "defined in the config file" in error["error"]["message"]
+        assert status == 409
+        assert "defined in the config file" in error["error"]["message"]
     for method, path, body in [("GET", "/admin/keys/nobody", None),
                                ("PATCH", "/admin/keys/nobody", {"rpm": 1}),
                                ("POST", "/admin/keys/nobody/rotate", None),
                                ("DELETE", "/admin/keys/nobody", None),
                                ("GET", "/admin/elsewhere", None)]:
         status, error = await call(admin, method, path, body)
-        assert status == 404 and error["error"]["type"] == "not_found_error"
+        assert status == 404
+        assert error["error"]["type"] == "not_found_error"
     status, error = await call(admin, "PUT", "/admin/keys/bob")
     assert status == 405
 
@@ -123,12 +135,14 @@ async def test_bad_fields_are_400_naming_every_one(admin: AdminAPI) -> None:
     for body, field in [({}, "name"), ({"name": "a b"}, "name"),
                         ({"name": "anonymous"}, "name")]:
         status, error = await call(admin, "POST", "/admin/keys", body)
-        assert status == 400 and error["error"]["param"] == field
+        assert status == 400
+        assert error["error"]["param"] == field
     assert (await call(admin, "POST", "/admin/keys", b"{not json"))[0] == 400
     assert (await call(admin, "POST", "/admin/keys", [1]))[0] == 400
     await call(admin, "POST", "/admin/keys", {"name": "bob"})
     status, error = await call(admin, "PATCH", "/admin/keys/bob", {"name": "carol"})
-    assert status == 400 and error["error"]["param"] == "name"
+    assert status == 400
+    assert error["error"]["param"] == "name"
 
 
 async def test_patch_rotate_delete(admin: AdminAPI) -> None:
@@ -142,7 +156,8 @@ async def test_patch_rotate_delete(admin: AdminAPI) -> None:
     assert changed["window_resets_at"] == "2026-03-09T00:00:00Z"  # the next Monday
     assert admin.auth.authenticate(old, NOW).budget_usd == 1.5
     status, rotated = await call(admin, "POST", "/admin/keys/bob/rotate")
-    assert status == 200 and rotated["key"] != made["key"]
+    assert status == 200
+    assert rotated["key"] != made["key"]
     assert rotated["key_prefix"] == rotated["key"][:12]
     with pytest.raises(Exception, match="Invalid API key"):
         admin.auth.authenticate(old, NOW)
@@ -168,7 +183,8 @@ async def test_the_admin_key_is_required_and_client_keys_are_refused(admin: Admi
     for headers in ({}, {b"authorization": b"Bearer sk-team-a"},
                     {b"authorization": b"Bearer sk-wrong"}, {b"x-api-key": b"sk-admin"}):
         status, error = await call(admin, "GET", "/admin/keys", headers=headers)
-        assert status == 401 and error["error"]["type"] == "authentication_error"
+        assert status == 401
+        assert error["error"]["type"] == "authentication_error"
     off = AdminAPI(admin.store, Authenticator(AuthConfig(keys=(FILE_KEY,)), admin.store),
                    admin.budgets)
     status, _ = await call(off, "GET", "/admin/keys")
@@ -193,7 +209,8 @@ async def test_usage_aggregates_in_the_shape_of_the_spec(admin: AdminAPI) -> Non
     await trio.to_thread.run_sync(admin.store.backend.insert_usage, rows)
     status, usage = await call(admin, "GET", "/admin/usage")
     assert status == 200
-    assert usage["since"] == "2026-03-06T12:00:00Z" and usage["until"] == "2026-03-07T12:00:00Z"
+    assert usage["since"] == "2026-03-06T12:00:00Z"
+    assert usage["until"] == "2026-03-07T12:00:00Z"
     assert usage["data"] == [
         {"key": "bob", "requests": 1, "cache_hits": 0, "prompt_tokens": 10,
          "completion_tokens": 5, "cost_usd": 0.000_000_003, "saved_usd": 0.0},
@@ -201,7 +218,8 @@ async def test_usage_aggregates_in_the_shape_of_the_spec(admin: AdminAPI) -> Non
          "completion_tokens": 10, "cost_usd": 0.001, "saved_usd": 0.001}]
     status, usage = await call(admin, "GET", "/admin/usage",
                                query=b"since=7d&group_by=key,model&key=bob")
-    assert status == 200 and usage["since"] == "2026-02-28T12:00:00Z"
+    assert status == 200
+    assert usage["since"] == "2026-02-28T12:00:00Z"
     assert [(r["key"], r["model"], r["cost_usd"]) for r in usage["data"]] == [
         ("bob", "claude-3-haiku", 0.000_000_003), ("bob", "gpt-4o", 1.0)]
     status, usage = await call(admin, "GET", "/admin/usage",
@@ -210,13 +228,15 @@ async def test_usage_aggregates_in_the_shape_of_the_spec(admin: AdminAPI) -> Non
     for query, param in [(b"since=yesterday", "since"), (b"until=3w", "until"),
                          (b"group_by=key,colour", "group_by"), (b"since=1h&until=2h", "since")]:
         status, error = await call(admin, "GET", "/admin/usage", query=query)
-        assert status == 400 and error["error"]["param"] == param
+        assert status == 400
+        assert error["error"]["param"] == param
 
 
 async def test_a_store_that_is_down_answers_503(admin: AdminAPI) -> None:
     admin.store._fail(RuntimeError("down for the test"), admin.store._generation)
     status, error = await call(admin, "GET", "/admin/keys")
-    assert status == 503 and error["error"]["code"] == "store_unavailable"
+    assert status == 503
+    assert error["error"]["code"] == "store_unavailable"
 
 
 def test_relative_and_rfc3339_times() -> None:
@@ -224,7 +244,7 @@ def test_relative_and_rfc3339_times() -> None:
     assert parse_time("30m", NOW, relative=True) == NOW - 1800
     assert parse_time("2026-03-07T12:00:00+01:00", 0.0) == NOW - 3600
     assert parse_time("2026-03-07T12:00:00", 0.0) == NOW
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="RFC 3339"):
         parse_time("7d", NOW)
     assert window("month", NOW)[1] == parse_time("2026-04-01T00:00:00Z", 0.0)
 

@@ -3,9 +3,9 @@ shared by two clients of one real redis-server."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -119,9 +119,11 @@ def test_the_window_resets_at_its_end_and_the_refusal_names_the_reset() -> None:
     midnight = ts("2026-03-08 00:00")
     assert counters.refusal(key, now=noon) == (0.5, 0.5, midnight)
     error = budget_error("team-a", (0.5, 0.5, midnight), noon)
-    assert error.status == 429 and error.type == "insufficient_quota"
+    assert error.status == 429
+    assert error.type == "insufficient_quota"
     assert error.code == "budget_exceeded"
-    assert "team-a" in error.message and "0.500000" in error.message
+    assert "team-a" in error.message
+    assert "0.500000" in error.message
     assert "2026-03-08T00:00:00Z" in error.message
     assert error.headers() == [(b"retry-after", b"43200")]
     assert counters.refusal(key, now=midnight - 0.001) is not None

@@ -16,7 +16,8 @@ import pytest
 from edge.store import UsageRow, open_store
 
 
-def edge(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def edge(*args: str, cwd: Path,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("EDGE_CONFIG", "EDGE_STORE_URL", "EDGE_API_KEYS", "EDGE_ADMIN_KEY")}
     clean.update(env or {})
@@ -66,18 +67,22 @@ def test_create_list_revoke(tmp_path: Path, store_env: tuple[str, dict[str, str]
     assert secret not in listed.stdout
 
     again = edge("keys", "create", "bob", "--config", "edge.toml", cwd=tmp_path, env=env)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
     bad = edge("keys", "create", "carol", "--rpm", "lots", "--budget-period", "week",
                "--config", "edge.toml", cwd=tmp_path, env=env)
     assert bad.returncode == 2
-    assert "rpm:" in bad.stderr and "budget_period:" in bad.stderr
+    assert "rpm:" in bad.stderr
+    assert "budget_period:" in bad.stderr
     file_key = edge("keys", "revoke", "team-a", "--config", "edge.toml", cwd=tmp_path, env=env)
-    assert file_key.returncode == 2 and "config file" in file_key.stderr
+    assert file_key.returncode == 2
+    assert "config file" in file_key.stderr
 
     revoked = edge("keys", "revoke", "bob", "--config", "edge.toml", cwd=tmp_path, env=env)
     assert revoked.returncode == 0, revoked.stderr
     gone = edge("keys", "revoke", "bob", "--config", "edge.toml", cwd=tmp_path, env=env)
-    assert gone.returncode == 2 and "No key named 'bob'" in gone.stderr
+    assert gone.returncode == 2
+    assert "No key named 'bob'" in gone.stderr
 
 
 def test_usage_table_and_json(tmp_path: Path, store_env: tuple[str, dict[str, str]]) -> None:
@@ -109,12 +114,14 @@ def test_usage_table_and_json(tmp_path: Path, store_env: tuple[str, dict[str, st
                                 "prompt_tokens": 20, "completion_tokens": 10,
                                 "cost_usd": 0.000_000_014, "saved_usd": 0.0}]
     bad = edge("usage", "--group-by", "colour", "--config", "edge.toml", cwd=tmp_path, env=env)
-    assert bad.returncode == 2 and "colour" in bad.stderr
+    assert bad.returncode == 2
+    assert "colour" in bad.stderr
 
 
 def test_refused_on_a_memory_store(tmp_path: Path) -> None:
     for args in (("keys", "list"), ("keys", "create", "bob"), ("usage",)):
         result = edge(*args, cwd=tmp_path)
         assert result.returncode == 2
-        assert "memory://" in result.stderr and "EDGE_STORE_URL" in result.stderr
+        assert "memory://" in result.stderr
+        assert "EDGE_STORE_URL" in result.stderr
         assert "[store].url" in result.stderr
