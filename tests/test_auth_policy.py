@@ -138,3 +138,12 @@ def test_a_refused_model_is_403_permission_error_in_both_dialects() -> None:
         b'{"type":"error","error":{"type":"permission_error"')
     empty = KeyPolicy(name="none", source="admin", models=())
     assert not model_allowed(empty, "gpt-4o")
+
+
+def test_the_secret_of_the_last_deleted_admin_key_is_refused_not_anonymous() -> None:
+    snapshot = Snapshot(record("bob", "sk-edge-bob"))
+    auth = Authenticator(AuthConfig(), snapshot)
+    assert auth.authenticate(bearer("sk-edge-bob"), now=0.0).name == "bob"
+    snapshot.by_digest = {}  # DELETE /admin/keys/bob, seen by the next table read
+    with pytest.raises(Unauthorized, match="Invalid API key"):
+        auth.authenticate(bearer("sk-edge-bob"), now=0.0)
