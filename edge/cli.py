@@ -1,4 +1,8 @@
-"""`edge serve | check-config | mock-upstream` and `edge --version`.
+"""`edge serve | check-config | mock-upstream | keys | usage` and `edge --version`.
+
+`edge keys` and `edge usage` work on the store the config names (`[store].url`, or
+`EDGE_STORE_URL`) with no server running, through the admin API's own handlers
+(`edge.admin.AdminAPI.dispatch`), so they validate and answer exactly as /admin/* does.
 
 Exit codes: 0 success (and a clean drain after SIGTERM/SIGINT), 2 a bad configuration or
 bad arguments, 1 anything else that stops the server (a port already in use, say).
@@ -42,6 +46,30 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--fail-rate", type=float, default=0.0,
                       help="fraction of requests answered 500 (0..1)")
     mock.add_argument("--seed", type=int, default=0, help="seed for --fail-rate's choices")
+
+    keys = commands.add_parser("keys", help="create, list and revoke client keys in the store")
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys_commands.add_parser("create", help="make a key and print its secret once")
+    create.add_argument("name")
+    create.add_argument("--rpm", help="requests per minute")
+    create.add_argument("--tpm", help="tokens per minute")
+    create.add_argument("--budget-usd", help="spend cap per budget period, USD")
+    create.add_argument("--budget-period", help="1h, 1d, 7d, month or total (default)")
+    create.add_argument("--models", help="comma-separated model names or globs it may use")
+    create.add_argument("--expires-at", help="RFC 3339 time after which it is refused")
+    keys_commands.add_parser("list", help="list file keys and admin-made keys")
+    revoke = keys_commands.add_parser("revoke", help="delete an admin-made key")
+    revoke.add_argument("name")
+
+    usage = commands.add_parser("usage", help="aggregates of the usage ledger")
+    usage.add_argument("--since", default="", help="RFC 3339 or 7d / 24h / 30m (default 24h)")
+    usage.add_argument("--until", default="", help="RFC 3339 or 7d / 24h / 30m (default now)")
+    usage.add_argument("--group-by", default="key",
+                       help="comma-separated: key, model, provider, day (default key)")
+    usage.add_argument("--key", default="", help="only this key's requests")
+    usage.add_argument("--json", action="store_true", help="print the /admin/usage JSON")
+    for sub in (create, keys_commands.choices["list"], revoke, usage):
+        sub.add_argument("--config", help="TOML config file (else $EDGE_CONFIG, else ./edge.toml)")
     return parser
 
 
@@ -54,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "mock-upstream":
         return _mock(args)
+    if args.command in ("keys", "usage"):
+        return _store_command(args)
     _parser().print_help(sys.stderr)
     return 2
 
@@ -114,3 +144,148 @@ def _mock(args: argparse.Namespace) -> int:
         return 2
     return run(MockOptions(host=args.host, port=args.port, delay_ms=args.delay_ms,
                            fail_rate=args.fail_rate, seed=args.seed))
+
+
+# -- edge keys / edge usage ------------------------------------------------------------------
+
+_MEMORY_STORE = (
+    "the store is memory://, which lives only inside a running server, so there is nothing "
+    "here to {what}; set [store].url in the config file (--config) or EDGE_STORE_URL to a "
+    "durable store, e.g. sqlite:///edge.db or postgresql://user:pw@host/db"
+)
+
+
+def _store_command(args: argparse.Namespace) -> int:
+    """`edge keys ...` / `edge usage ...` on the configured store; 2 for bad input."""
+    import trio
+
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, require_providers=False)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if config.store.url.startswith("memory:"):
+        what = "manage" if args.command == "keys" else "report"
+        print(f"Error: edge {args.command}: " + _MEMORY_STORE.format(what=what), file=sys.stderr)
+        return 2
+    status, payload = trio.run(_store_request, config, _admin_request(args))
+    if status >= 400:
+        message = payload.get("error", {}).get("message", "failed") if payload else "failed"
+        print(f"Error: {message}", file=sys.stderr)
+        return 2 if 400 <= status < 500 else 1
+    _print_result(args, payload)
+    return 0
+
+
+def _admin_request(args: argparse.Namespace) -> tuple[str, str, bytes, bytes]:
+    """The /admin/* request (method, path, query, body) a command stands for."""
+    from urllib.parse import quote, urlencode
+
+    import orjson
+
+    if args.command == "usage":
+        query = {"since": args.since, "until": args.until, "group_by": args.group_by,
+                 "key": args.key}
+        return "GET", "/admin/usage", urlencode(query).encode(), b""
+    if args.keys_command == "list":
+        return "GET", "/admin/keys", b"", b""
+    if args.keys_command == "revoke":
+        return "DELETE", f"/admin/keys/{quote(args.name, safe='')}", b"", b""
+    body: dict[str, Any] = {"name": args.name}
+    for flag in ("rpm", "tpm", "budget_usd", "budget_period", "models", "expires_at"):
+        text = getattr(args, flag)
+        if text is not None:
+            body[flag] = _flag_value(flag, text)
+    return "POST", "/admin/keys", b"", orjson.dumps(body)
+
+
+def _flag_value(flag: str, text: str) -> Any:
+    """A flag's text in its JSON type where it reads as one; otherwise the text itself, so
+    that the admin API's validation names the bad field exactly as over HTTP."""
+    if flag == "models":
+        return [m.strip() for m in text.split(",") if m.strip()]
+    try:
+        if flag in ("rpm", "tpm"):
+            return int(text)
+        if flag == "budget_usd":
+            return float(text)
+    except ValueError:
+        return text
+    return text
+
+
+async def _store_request(config: Any, request: tuple[str, str, bytes, bytes]
+                         ) -> tuple[int, Any]:
+    import orjson
+    import trio
+
+    from .admin import AdminAPI
+    from .auth import Authenticator, KeyPolicy
+    from .budgets import SpendCounters
+    from .store import StoreService, StoreUnavailable, open_store
+
+    try:
+        backend = await trio.to_thread.run_sync(open_store, config.store.url)
+    except StoreUnavailable as exc:
+        return 503, {"error": {"message": f"cannot open the store: {exc}"}}
+    store = StoreService(backend, threads=2, retention_days=config.store.usage_retention_days)
+    try:
+        if not await store.probe():
+            return 503, {"error": {"message": "the store did not answer"}}
+        await store.refresh_keys()
+        auth = Authenticator(config.auth, store)
+        budgets = SpendCounters()
+        policies = [*auth.config_policies.values(),
+                    *(KeyPolicy.from_record(k) for k in store.cached_keys())]
+        await budgets.seed(store, policies)
+        status, body, _ = await AdminAPI(store, auth, budgets).dispatch(*request)
+    finally:
+        await store.aclose()
+    return status, orjson.loads(body) if body else None
+
+
+def _print_result(args: argparse.Namespace, payload: Any) -> None:
+    import json
+
+    if args.command == "usage":
+        if args.json:
+            print(json.dumps(payload, indent=2))
+        else:
+            print(_usage_table(payload))
+        return
+    if args.keys_command == "create":
+        print(f"created key {payload['name']}")
+        print(f"secret (shown only now): {payload['key']}")
+    elif args.keys_command == "revoke":
+        print(f"revoked key {args.name}")
+    else:
+        print(_table(["name", "source", "prefix", "rpm", "tpm", "budget", "period", "spent",
+                      "models", "expires"],
+                     [[k["name"], k["source"], k["key_prefix"], k["rpm"], k["tpm"],
+                       k["budget_usd"], k["budget_period"], f"{k['spend_usd']:.6f}",
+                       ",".join(k["models"]) if k["models"] is not None else "any",
+                       k["expires_at"]] for k in payload["data"]]))
+
+
+def _usage_table(payload: Any) -> str:
+    rows = payload["data"]
+    groups = [f for f in ("key", "model", "provider", "day") if rows and f in rows[0]]
+    table = _table([*groups, "requests", "cache_hits", "prompt_tokens", "completion_tokens",
+                    "cost_usd", "saved_usd"],
+                   [[*(r[g] for g in groups), r["requests"], r["cache_hits"],
+                     r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}",
+                     f"{r['saved_usd']:.6f}"] for r in rows])
+    return f"usage from {payload['since']} to {payload['until']}\n{table}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    """Plain columns, left-aligned; `-` for null."""
+    cells = [header, *([("-" if v is None else str(v)) for v in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    if not rows:
+        lines.append("(none)")
+    return "\n".join(lines)

@@ -45,6 +45,7 @@ __all__ = [
     "ProviderConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StoreConfig",
     "load_config",
     "resolve_secret",
     "summary",
@@ -54,6 +55,8 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 STRATEGIES: Final = ("model", "cost", "latency", "failover")
 CACHE_SCOPES: Final = ("key", "global")
 PROVIDER_KINDS: Final = ("openai", "anthropic")
+#: Budget windows (SPEC §7): UTC hour, UTC day, week from Monday, calendar month, forever.
+BUDGET_PERIODS: Final = ("1h", "1d", "7d", "month", "total")
 
 NO_PROVIDERS_MESSAGE: Final = (
     "No providers configured. Set OPENAI_API_KEY or ANTHROPIC_API_KEY, "
@@ -122,14 +125,30 @@ class AuthKey:
     sha256: str
     rpm: int | None = None
     tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "total"
+    models: tuple[str, ...] | None = None  # globs over the names clients send; None: any
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """Client keys accepted on /v1/*; see SPEC "Auth"."""
+    """Client keys accepted on /v1/*, and the admin key that enables /admin/* (SPEC §4, §7)."""
 
     keys: tuple[AuthKey, ...] = ()
     allow_anonymous: bool = False
+    admin_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where admin-made keys, the usage ledger and stored responses live (SPEC §7)."""
+
+    url: str = "memory://"
+    usage_retention_days: float = 90.0
+
+    def __repr__(self) -> str:
+        return f"StoreConfig(url={_mask_store_url(self.url)!r}, " \
+               f"usage_retention_days={self.usage_retention_days!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +223,7 @@ class Config:
     enable_tracing: bool = False
     source: str | None = None
     warnings: tuple[str, ...] = ()
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def __post_init__(self) -> None:
         # Callers may pass a plain dict; freeze it so the config stays immutable.
@@ -225,6 +245,7 @@ class Config:
                 self.enable_tracing,
                 self.source,
                 self.warnings,
+                self.store,
             ),
         )
 
@@ -378,6 +399,11 @@ def _mask_url(url: str) -> str:
             f"{quote(k)}={'***' if _SECRET_QUERY_RE.search(k) else quote(v)}" for k, v in pairs
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _mask_store_url(url: str) -> str:
+    """A store URL for display: `sqlite:///x` keeps its slashes; a password is masked."""
+    return _mask_url(url) if "@" in url or "?" in url else url
 
 
 def _masked_repr(obj: Any, url_field: str) -> str:
@@ -537,7 +563,7 @@ def _find_config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str
 # Sections
 # ---------------------------------------------------------------------------------------
 
-_TOP_KEYS: Final = ("server", "auth", "cache", "routing", "providers", "models")
+_TOP_KEYS: Final = ("server", "auth", "cache", "routing", "providers", "models", "store")
 _SERVER_KEYS: Final = (
     "host",
     "port",
@@ -547,8 +573,11 @@ _SERVER_KEYS: Final = (
     "graceful_timeout_s",
     "log_level",
 )
-_AUTH_KEYS: Final = ("keys", "allow_anonymous")
-_AUTH_KEY_KEYS: Final = ("name", "key", "sha256", "rpm", "tpm")
+_AUTH_KEYS: Final = ("keys", "allow_anonymous", "admin_key")
+_AUTH_KEY_KEYS: Final = (
+    "name", "key", "sha256", "rpm", "tpm", "budget_usd", "budget_period", "models",
+)
+_STORE_KEYS: Final = ("url", "usage_retention_days")
 _CACHE_KEYS: Final = (
     "enabled",
     "ttl_s",
@@ -690,6 +719,11 @@ def _parse_auth_keys(
         limits: dict[str, Any] = {}
         for limit in ("rpm", "tpm"):
             _field(table, limit, lambda v, w: _check_int(v, w, lo=1), file, path, limits)
+        _field(table, "budget_usd", lambda v, w: _check_float(v, w, positive=False), file,
+               path, limits)
+        _field(table, "budget_period", lambda v, w: _check_choice(v, w, BUDGET_PERIODS), file,
+               path, limits)
+        _field(table, "models", _check_str_list, file, path, limits)
         seen_names[name] = path
         seen_digests[digest] = path
         keys.append(AuthKey(name=name, secret=secret, sha256=digest, **limits))
@@ -1020,6 +1054,8 @@ def load_config(
     if api_keys_text:
         _env_api_keys(api_keys_text, keys, warnings)
     _builtin_providers(providers, env, warnings)
+    admin_key = _admin_key(auth_table, label, env, warnings, keys)
+    store_config = _parse_store(doc.get("store", {}), label, env)
 
     # Command-line layer.
     if overrides:
@@ -1044,15 +1080,66 @@ def load_config(
         )
     return Config(
         server=server_config,
-        auth=AuthConfig(keys=tuple(keys), allow_anonymous=allow_anonymous),
+        auth=AuthConfig(keys=tuple(keys), allow_anonymous=allow_anonymous, admin_key=admin_key),
         cache=cache_config,
         routing=RoutingConfig(**routing),
         providers=tuple(providers),
         models=MappingProxyType(models),
         source=file,
         warnings=tuple(warnings),
+        store=store_config,
         **flags,
     )
+
+
+def _admin_key(
+    auth_table: Mapping[str, Any],
+    file: str,
+    env: Mapping[str, str],
+    warnings: list[str],
+    keys: Sequence[AuthKey],
+) -> str | None:
+    """The admin key: EDGE_ADMIN_KEY, else `[auth].admin_key`; never one of the client keys."""
+    env_value = _env_text(env, "EDGE_ADMIN_KEY")
+    if env_value is not None:
+        secret, where = env_value, f"{_ENV_FILE}: EDGE_ADMIN_KEY"
+    elif "admin_key" in auth_table:
+        where = f"{file}: auth.admin_key"
+        ref = _check_str(auth_table["admin_key"], where, empty_ok=True)
+        secret = resolve_secret(ref, env, where)
+        if not ref.startswith("env:"):
+            warnings.append("auth.admin_key: literal secret in config file; prefer env:NAME")
+    else:
+        return None
+    digest = _sha256_hex(secret)
+    for i, key in enumerate(keys):
+        if key.sha256 == digest:
+            raise _fail(where, f'the admin key must differ from every client key (it equals "'
+                               f'{key.name}", auth.keys[{i}] or EDGE_API_KEYS)')
+    return secret
+
+
+def _parse_store(raw: Any, file: str, env: Mapping[str, str]) -> StoreConfig:
+    """`[store]`, with EDGE_STORE_URL outranking `url`; the URL is checked, not connected to."""
+    from .store import StoreConfigError, parse_store_url
+
+    table = _table(raw, file, "store", _STORE_KEYS)
+    values: dict[str, Any] = {}
+    _field(table, "usage_retention_days", lambda v, w: _check_float(v, w, positive=True),
+           file, "store", values)
+    env_url = _env_text(env, "EDGE_STORE_URL")
+    if env_url is not None:
+        url, where = env_url, f"{_ENV_FILE}: EDGE_STORE_URL"
+    elif "url" in table:
+        where = f"{file}: store.url"
+        url = _check_str(table["url"], where)
+    else:
+        return StoreConfig(**values)
+    try:
+        parse_store_url(url)
+    except StoreConfigError as exc:
+        raise _fail(where, str(exc)) from None
+    return StoreConfig(url=url, **values)
 
 
 def _cross_checks(
@@ -1121,6 +1208,15 @@ def _provider_extras(p: ProviderConfig) -> str:
     if p.kind == "anthropic" and p.anthropic_version != _PROVIDER_DEFAULTS.anthropic_version:
         extras.append(f"anthropic-version {p.anthropic_version}")
     return "  " + ", ".join(extras) if extras else ""
+
+
+def _describe_key(k: AuthKey) -> str:
+    """A client key's limits, budget and allowlist for the summary."""
+    parts = [f"{label} {v}" for label, v in (("rpm", k.rpm), ("tpm", k.tpm)) if v is not None]
+    if k.budget_usd is not None:
+        parts.append(f"budget ${k.budget_usd:g} per {k.budget_period}")
+    parts.append("models: " + (_clip(k.models, _MAX_GLOBS) if k.models is not None else "any"))
+    return ", ".join(parts)
 
 
 def summary(config: Config) -> str:
@@ -1208,6 +1304,15 @@ def summary(config: Config) -> str:
         else "no keys"
     )
     lines.append(f"auth: {keys_text}, anonymous: {'on' if a.allow_anonymous else 'off'}")
+    for k in a.keys[:_MAX_LIST_LINES]:
+        if k.budget_usd is not None or k.models is not None:
+            lines.append(f"  {k.name}: {_describe_key(k)}")
+    lines.append(f"admin API: {'on (/admin/*)' if a.admin_key else 'off (no admin key)'}")
+    st = config.store
+    durable = "in process only" if st.url.startswith("memory:") else "durable"
+    lines.append(
+        f"store: {_mask_store_url(st.url)} ({durable}), usage kept {st.usage_retention_days:g} days"
+    )
 
     if config.warnings:
         lines.append("warnings:")

@@ -2,11 +2,14 @@
 
     EdgeError                      500 api_error (never shown as a traceback)
     ├── BadRequest                 400 invalid_request_error
-    ├── Unauthorized               401 authentication_error
+    ├── Unauthorized               401 authentication_error (code key_expired: an expired key)
+    ├── Forbidden                  403 permission_error (model_not_allowed)
     ├── NotFound                   404 not_found_error
     ├── MethodNotAllowed           405 invalid_request_error
+    ├── Conflict                   409 invalid_request_error (admin API: name taken, file key)
     ├── PayloadTooLarge            413 invalid_request_error
     ├── RateLimited                429 rate_limit_error (Retry-After)
+    ├── BudgetExceeded             429 insufficient_quota (Retry-After unless it never resets)
     ├── ServiceUnavailable         503 service_unavailable (Retry-After when known)
     └── UpstreamError              502 upstream_error
         ├── UpstreamStatus         the upstream's own status (a 4xx passed through, or a
@@ -24,7 +27,10 @@ import orjson
 
 __all__ = [
     "BadRequest",
+    "BudgetExceeded",
+    "Conflict",
     "EdgeError",
+    "Forbidden",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
@@ -193,3 +199,27 @@ def render(error: EdgeError, *, anthropic: bool = False) -> tuple[int, bytes]:
             }
         }
     return error.status, orjson.dumps(body)
+
+
+class Forbidden(EdgeError):
+    """The key is valid but may not do this (a model outside its allowlist, SPEC §7)."""
+
+    status = 403
+    type = "permission_error"
+    default_code = "model_not_allowed"
+
+
+class Conflict(EdgeError):
+    """The admin API cannot do this to that key: the name is taken, or it is a file key."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class BudgetExceeded(EdgeError):
+    """The key spent its budget for the current window (SPEC §7); Anthropic: rate_limit_error."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "budget_exceeded"

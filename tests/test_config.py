@@ -1017,3 +1017,122 @@ def test_workers_without_l2_warns() -> None:
         "server.workers: 4 workers without L2: each keeps its own cache and rate-limit counters",
     )
     assert "warnings:" in summary(config)
+
+
+# -- governance: budgets, allowlists, the admin key, [store] (SPEC §7) ---------------------
+
+
+def test_key_budgets_periods_and_model_allowlists(tmp_path: Path) -> None:
+    write(tmp_path, """
+[[auth.keys]]
+name = "team-a"
+key = "env:TEAM_A"
+budget_usd = 50.0
+budget_period = "month"
+models = ["gpt-4o*", "fast"]
+
+[[auth.keys]]
+name = "team-b"
+key = "env:TEAM_B"
+budget_usd = 0
+""")
+    config = load_config(env={**OPENAI_ENV, "TEAM_A": "a", "TEAM_B": "b"})
+    a, b = config.auth.keys
+    assert (a.budget_usd, a.budget_period, a.models) == (50.0, "month", ("gpt-4o*", "fast"))
+    assert (b.budget_usd, b.budget_period, b.models) == (0.0, "total", None)
+    text = summary(config)
+    assert "team-a: budget $50 per month, models: gpt-4o*, fast" in text
+    assert "team-b: budget $0 per total, models: any" in text
+
+
+@pytest.mark.parametrize(("entry", "key", "what"), [
+    ('budget_usd = -1', "budget_usd", "expected a number >= 0"),
+    ('budget_usd = "ten"', "budget_usd", "expected a number"),
+    ('budget_period = "week"', "budget_period", "expected one of 1h, 1d, 7d, month, total"),
+    ('models = "gpt-4o"', "models", "expected an array"),
+    ('models = [""]', "models[0]", "expected a non-empty string"),
+])
+def test_bad_budget_fields_name_file_and_key(tmp_path: Path, entry: str, key: str,
+                                             what: str) -> None:
+    message = error_of(f'[auth]\nkeys = [{{ name = "a", key = "k", {entry} }}]\n', tmp_path,
+                       env=OPENAI_ENV)
+    assert message.startswith(f"edge.toml: auth.keys[0].{key}: {what}")
+
+
+def test_admin_key_from_file_or_environment(tmp_path: Path) -> None:
+    write(tmp_path, '[auth]\nadmin_key = "env:MY_ADMIN"\n')
+    config = load_config(env={**OPENAI_ENV, "MY_ADMIN": "sk-admin"})
+    assert config.auth.admin_key == "sk-admin"
+    assert "sk-admin" not in repr(config)
+    assert "admin API: on" in summary(config)
+    assert config.warnings == ()
+    # EDGE_ADMIN_KEY outranks the file, even where the file's variable is unset
+    config = load_config(env={**OPENAI_ENV, "EDGE_ADMIN_KEY": "sk-from-env"})
+    assert config.auth.admin_key == "sk-from-env"
+    write(tmp_path, '[auth]\nadmin_key = "sk-literal"\n')
+    config = load_config(env=OPENAI_ENV)
+    assert config.warnings == ("auth.admin_key: literal secret in config file; prefer env:NAME",)
+    assert "admin API: off" in summary(load_config(env=OPENAI_ENV, path=write(
+        tmp_path, "", name="empty.toml")))
+
+
+def test_the_admin_key_must_differ_from_every_client_key(tmp_path: Path) -> None:
+    text = '[auth]\nkeys = [{ name = "a", key = "env:A" }]\nadmin_key = "env:ADMIN"\n'
+    message = error_of(text, tmp_path, env={**OPENAI_ENV, "A": "same", "ADMIN": "same"})
+    assert message.startswith("edge.toml: auth.admin_key: the admin key must "
+                              "differ from every client key")
+    assert "same" not in message.replace("must differ", "")
+    message = error_of(text, tmp_path, env={**OPENAI_ENV, "A": "x", "ADMIN": "y",
+                                            "EDGE_ADMIN_KEY": "x"})
+    assert message.startswith("environment: EDGE_ADMIN_KEY: the admin key must differ")
+    message = error_of("", tmp_path, env={**OPENAI_ENV, "EDGE_API_KEYS": "k1,k2",
+                                          "EDGE_ADMIN_KEY": "k2"})
+    assert "EDGE_ADMIN_KEY: the admin key must differ" in message
+
+
+def test_store_url_retention_and_environment(tmp_path: Path) -> None:
+    assert load_config(env=OPENAI_ENV).store.url == "memory://"
+    assert load_config(env=OPENAI_ENV).store.usage_retention_days == 90
+    write(tmp_path, '[store]\nurl = "sqlite:///data/edge.db"\nusage_retention_days = 7\n')
+    config = load_config(env=OPENAI_ENV)
+    assert (config.store.url, config.store.usage_retention_days) == ("sqlite:///data/edge.db", 7)
+    assert "store: sqlite:///data/edge.db (durable), usage kept 7 days" in summary(config)
+    env = {**OPENAI_ENV, "EDGE_STORE_URL": "postgresql://edge:hunter2@127.0.0.1/edge"}
+    config = load_config(env=env)
+    assert config.store.url == env["EDGE_STORE_URL"]
+    assert "hunter2" not in summary(config)
+    assert "hunter2" not in repr(config)
+    assert "store: postgresql://edge:***@127.0.0.1/edge (durable)" in summary(config)
+    assert pickle.loads(pickle.dumps(config)).store == config.store
+
+
+@pytest.mark.parametrize(("text", "env", "where", "what"), [
+    ('[store]\nurl = "mysql://x"\n', {}, "store.url", "unknown store URL scheme"),
+    ('[store]\nurl = "sqlite://edge.db"\n', {}, "store.url", "three slashes"),
+    ('[store]\nusage_retention_days = 0\n', {}, "store.usage_retention_days",
+     "expected a number > 0"),
+    ('[store]\npath = "x"\n', {}, "store.path", "unknown key"),
+    ("", {"EDGE_STORE_URL": "redis://x"}, "EDGE_STORE_URL", "unknown store URL scheme"),
+])
+def test_bad_store_settings_name_the_key(tmp_path: Path, text: str, env: dict[str, str],
+                                         where: str, what: str) -> None:
+    message = error_of(text, tmp_path, env={**OPENAI_ENV, **env})
+    assert where in message
+    assert what in message
+
+
+def test_postgres_without_psycopg_names_the_extra(tmp_path: Path) -> None:
+    """Run in a child interpreter where psycopg cannot be imported."""
+    import subprocess
+    import sys
+
+    write(tmp_path, '[store]\nurl = "postgresql://u:pw@127.0.0.1/db"\n')
+    code = ("import sys; sys.modules['psycopg'] = None; sys.modules['psycopg.conninfo'] = None\n"
+            "from edge.cli import main; sys.exit(main(['check-config', 'edge.toml']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={"OPENAI_API_KEY": "x",
+                                                         "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "edge.toml: store.url" in result.stderr
+    assert "edge[postgres]" in result.stderr
+    assert "pw" not in result.stderr

@@ -172,6 +172,11 @@ class StoreService:
         """The admin-made key with this secret digest, from the last table read."""
         return self._by_digest.get(digest)
 
+    @property
+    def key_count(self) -> int:
+        """How many admin-made keys the last table read holds."""
+        return len(self._by_digest)
+
     def cached_keys(self) -> list[KeyRecord]:
         """Every admin-made key as of the last table read, ordered by name."""
         return [self._by_name[name] for name in sorted(self._by_name)]
