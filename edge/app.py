@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -31,15 +29,18 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServiceUnavailable,
     Unauthorized,
     UpstreamError,
     render,
 )
 from .failover import Attempts
+from .http1 import CONTINUE_EXTENSION
 from .logs import LEVELS, log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .request_head import anthropic_path, origin_path, request_id
 from .routing import Deployment
 from .service import Edge, open_edge
 from .tracing import Tracing
@@ -51,8 +52,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = b"application/json"
 _JSON_HEADERS = [(b"content-type", JSON)]
-# Echo a client's id only if it is short and plain: it goes into headers and logs.
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -71,10 +70,7 @@ class Request:
         self.receive = receive
         self.send = send
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
-        rid = self.headers.get(b"x-request-id")
-        if rid is None or _REQUEST_ID.fullmatch(rid) is None:
-            rid = os.urandom(12).hex().encode()
-        self.request_id = rid
+        self.request_id = request_id(self.headers.get(b"x-request-id"))
         self.start = time.perf_counter()
         self.tenant = "anonymous"
         self.anthropic = False
@@ -143,6 +139,7 @@ class EdgeApp:
         self.edge: Edge | None = None
         self.tracing = Tracing.from_config(config)
         self.max_body = config.server.max_request_bytes
+        self.body_timeout = config.server.request_body_timeout_s
         # digest -> (the same digest, key): the digest is decoded once, not per request
         self._keys = {bytes.fromhex(k.sha256): (bytes.fromhex(k.sha256), k)
                       for k in config.auth.keys}
@@ -190,10 +187,10 @@ class EdgeApp:
 
     async def _http(self, req: Request) -> None:
         path = req.scope["path"]
+        if path[:1] != "/":
+            path = req.scope["path"] = origin_path(path)
         route = self._routes.get(path)
-        # Anthropic clients also call /v1/messages/* (count_tokens, batches): their errors
-        # too come in Anthropic's format.
-        req.anthropic = path == "/v1/messages" or path.startswith("/v1/messages/")
+        req.anthropic = anthropic_path(path)
         try:
             if path.startswith("/v1/"):
                 self.authenticate(req)  # every /v1/* answer needs a key, even a 404 or 405
@@ -317,7 +314,11 @@ class EdgeApp:
         req.tenant = found[1].name
 
     async def read_body(self, req: Request) -> bytes:
-        """The whole body, refusing more than max_request_bytes before reading it."""
+        """The whole body, refusing more than max_request_bytes before reading it.
+
+        A client that waits for `100 Continue` gets it here, once the key and the declared
+        size have passed. The whole read is bounded by request_body_timeout_s (408).
+        """
         declared = req.headers.get(b"content-length")
         if declared is not None:
             try:
@@ -328,6 +329,16 @@ class EdgeApp:
                 raise PayloadTooLarge(
                     f"Request body of {size} bytes exceeds the limit of {self.max_body} bytes."
                 )
+        if b"expect" in req.headers:
+            go_ahead = req.scope.get("extensions", {}).get(CONTINUE_EXTENSION)
+            if go_ahead is not None:
+                await go_ahead["send"]()
+        with trio.move_on_after(self.body_timeout):
+            return await self._receive_body(req)
+        raise RequestTimeout(
+            f"The request body did not arrive within {self.body_timeout:g} seconds.")
+
+    async def _receive_body(self, req: Request) -> bytes:
         message = await req.receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()

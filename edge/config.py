@@ -114,6 +114,9 @@ class ServerConfig:
     max_request_bytes: int = 4194304
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
+    # Bounds on a client, never on an answer in progress (see SECURITY.md "Limits on input").
+    keep_alive_timeout_s: float = 75.0  # idle connection, and the wait for a request's head
+    request_body_timeout_s: float = 60.0  # the whole request body, from its first read
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,6 +575,8 @@ _SERVER_KEYS: Final = (
     "max_request_bytes",
     "graceful_timeout_s",
     "log_level",
+    "keep_alive_timeout_s",
+    "request_body_timeout_s",
 )
 _AUTH_KEYS: Final = ("keys", "allow_anonymous", "admin_key")
 _AUTH_KEY_KEYS: Final = (
@@ -625,6 +630,8 @@ _SERVER_CHECKS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "max_request_bytes": lambda v, w: _check_int(v, w, lo=1),
     "graceful_timeout_s": lambda v, w: _check_float(v, w, positive=False),
     "log_level": _check_log_level,
+    "keep_alive_timeout_s": lambda v, w: _check_float(v, w, positive=True),
+    "request_body_timeout_s": lambda v, w: _check_float(v, w, positive=True),
 }
 
 

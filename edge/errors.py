@@ -16,6 +16,9 @@
         │                          retryable 5xx/429 that ran out of attempts)
         ├── UpstreamTimeout        504 timeout
         └── UpstreamConnectError   502 the connection failed or was cut
+    ClosingError                   400 invalid_request_error, and the connection is closed
+    ├── RequestTimeout             408 the request body took too long
+    └── HeadersTooLarge            431 the request line and headers are too big
 
 Each error carries the HTTP status it maps to, so `render` is the only code that turns
 an error into a response body, in the caller's dialect (OpenAI or Anthropic).
@@ -28,13 +31,16 @@ import orjson
 __all__ = [
     "BadRequest",
     "BudgetExceeded",
+    "ClosingError",
     "Conflict",
     "EdgeError",
     "Forbidden",
+    "HeadersTooLarge",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "ServiceUnavailable",
     "Unauthorized",
     "UpstreamConnectError",
@@ -165,6 +171,28 @@ class UpstreamConnectError(UpstreamError):
     default_code = "upstream_unavailable"
 
 
+class ClosingError(EdgeError):
+    """A request edge cannot safely read past: after the answer the connection is closed,
+    so whatever the client sent after it (a pipelined request, the rest of a body) is
+    never taken for a request of its own."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"connection", b"close")]
+
+
+class RequestTimeout(ClosingError):
+    status = 408
+    default_code = "request_timeout"
+
+
+class HeadersTooLarge(ClosingError):
+    status = 431
+    default_code = "request_header_fields_too_large"
+
+
 # Anthropic names its error types by meaning rather than by our classes.
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -172,8 +200,10 @@ _ANTHROPIC_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    431: "invalid_request_error",
     503: "overloaded_error",
     529: "overloaded_error",
 }

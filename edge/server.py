@@ -39,9 +39,11 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from .app import EdgeApp, build_app
 from .config import Config, load_config
+from .http1 import install as install_http1
 from .logs import log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import MULTIPROC_ENV, Metrics
+from .request_head import MAX_HEAD_BYTES
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
@@ -62,9 +64,14 @@ def hypercorn_config(config: Config, port: int | None = None) -> HypercornConfig
     hc.accesslog = None
     hc.errorlog = None  # our own JSON logs are the only thing on stderr
     hc.include_server_header = False
-    hc.keep_alive_timeout = 75  # longer than typical client pool idle times
-    hc.read_timeout = 60  # a client that sends nothing for a minute is cut off
-    hc.h11_max_incomplete_size = 64 * 1024  # request line + headers
+    # Hypercorn's read_timeout would bound every socket read of a connection, also while
+    # edge is still answering (a long stream, a slow model), so it stays off. The client is
+    # bounded instead while it owes edge something: the keep-alive timer runs from the
+    # connection's start or the end of its last answer until a request head is complete,
+    # and the app bounds the body read (request_body_timeout_s, 408).
+    hc.read_timeout = None
+    hc.keep_alive_timeout = server.keep_alive_timeout_s
+    hc.h11_max_incomplete_size = MAX_HEAD_BYTES  # the app checks complete heads (431)
     hc.backlog = 1024
     return hc
 
@@ -119,6 +126,7 @@ async def serve(
             instance (None: one process, metrics in memory).
         task_status: started with the proxy's bound addresses (port 0 works).
     """
+    install_http1()  # edge's HTTP/1.1 rules, see edge.http1
     metrics = Metrics(multiprocess_dir=metrics_dir)
     metrics.prime(p.name for p in config.providers)
     app = build_app(config, metrics)

@@ -1136,3 +1136,48 @@ def test_postgres_without_psycopg_names_the_extra(tmp_path: Path) -> None:
     assert "edge.toml: store.url" in result.stderr
     assert "edge[postgres]" in result.stderr
     assert "pw" not in result.stderr
+
+
+def test_client_bounds_default_and_parse(tmp_path: Path) -> None:
+    """The keep-alive idle timeout and the whole-body read deadline (SECURITY.md limits)."""
+    assert ServerConfig().keep_alive_timeout_s == 75.0
+    assert ServerConfig().request_body_timeout_s == 60.0
+    write(tmp_path, "[server]\nkeep_alive_timeout_s = 5\nrequest_body_timeout_s = 2.5\n")
+    server = load_config(env=OPENAI_ENV).server
+    assert server.keep_alive_timeout_s == 5.0
+    assert isinstance(server.keep_alive_timeout_s, float)
+    assert server.request_body_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[server]\nkeep_alive_timeout_s = 0\n",
+            "edge.toml: server.keep_alive_timeout_s: expected a number > 0, got 0",
+        ),
+        (
+            "[server]\nrequest_body_timeout_s = -1\n",
+            "edge.toml: server.request_body_timeout_s: expected a number > 0, got -1",
+        ),
+        (
+            '[server]\nrequest_body_timeout_s = "60s"\n',
+            'edge.toml: server.request_body_timeout_s: expected a number, got "60s"',
+        ),
+        (
+            "[server]\nkeep_alive_timeout_s = inf\n",
+            "edge.toml: server.keep_alive_timeout_s: expected a finite number",
+        ),
+        (
+            "[server]\nkeep_alive_timeout = 5\n",
+            'edge.toml: server.keep_alive_timeout: unknown key '
+            '(did you mean "keep_alive_timeout_s"?)',
+        ),
+        (
+            "[server]\nread_timeout_s = 5\n",
+            "edge.toml: server.read_timeout_s: unknown key",
+        ),
+    ],
+)
+def test_client_bounds_bad_values(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(text, tmp_path).startswith(message)

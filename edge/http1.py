@@ -1,0 +1,103 @@
+"""edge's HTTP/1.1: Hypercorn's protocol, with two changes it offers no setting for.
+
+1. Heads edge refuses (`request_head.refusal`: over 64 KiB, or both Content-Length and
+   Transfer-Encoding) are answered here, before an app task exists, with the error in
+   the caller's format and `connection: close`, and the connection is then closed. In
+   the app this would race: a client that pipelines more bytes after such a request
+   makes h11 fail the connection (its state is "must close"), and Hypercorn then closes
+   the socket at once, mid-way through the app's answer.
+
+2. `Expect: 100-continue` is answered when edge wants the body, not at once. A client
+   that sends it waits for `100 Continue` before sending its body, so that a request
+   refused anyway (a wrong key, a body over the size limit) costs no upload; RFC 9110
+   §10.1.1 lets the server check first. Hypercorn sends 100 as soon as it has parsed the
+   head, and ASGI has no message with which an app could send it itself. Here
+   `_DeferredContinue` (an h11 connection whose `they_are_waiting_for_100_continue` is
+   always False) keeps Hypercorn's loop from sending it, and a waiting request gets a
+   `send` coroutine function under `scope["extensions"][CONTINUE_EXTENSION]`, which
+   `EdgeApp.read_body` awaits after authentication and the Content-Length check. A
+   request answered without reading its body gets its final status and no 100 (Hypercorn
+   then closes the connection: the unread body is still on it); a client that sends its
+   body without waiting makes h11 drop the flag, and `send` does nothing. The extension
+   is added after Hypercorn has started the app's task but before that task first runs:
+   `H11Protocol._create_stream` reaches no checkpoint between the two.
+
+Hypercorn builds its protocol by name (`hypercorn.protocol.H11Protocol`); `install`
+points that name at `EdgeH11Protocol`. Checked against Hypercorn 0.18.0 and h11 0.16.0;
+`tests/test_http_edges.py` covers both changes end to end through `edge serve`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+import hypercorn.protocol
+from hypercorn.events import Closed
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
+
+from .errors import ClosingError, render
+from .logs import log
+from .request_head import anthropic_path, origin_path, refusal, request_id
+
+__all__ = ["CONTINUE_EXTENSION", "EdgeH11Protocol", "install"]
+
+CONTINUE_EXTENSION = "edge.http.100-continue"
+
+
+class _DeferredContinue(h11.Connection):
+    """An h11 server connection that leaves `100 Continue` to `EdgeH11Protocol`."""
+
+    @property
+    def they_are_waiting_for_100_continue(self) -> bool:
+        return False
+
+
+class EdgeH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol with edge's head checks and a deferred 100 Continue."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection = _DeferredContinue(
+            h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        error = refusal(request.target, request.headers)
+        if error is not None:
+            await self._refuse(request, error)
+            return
+        await super()._create_stream(request)
+        if self._client_waits() and isinstance(self.stream, HTTPStream):
+            self.stream.scope["extensions"][CONTINUE_EXTENSION] = {"send": self._send_continue}
+
+    def _client_waits(self) -> bool:
+        connection = self.connection
+        return (isinstance(connection, h11.Connection)
+                and connection.client_is_waiting_for_100_continue)
+
+    async def _send_continue(self) -> None:
+        if self._client_waits():
+            await self._send_h11_event(h11.InformationalResponse(
+                status_code=100, headers=self.config.response_headers("h11")))
+
+    async def _refuse(self, request: h11.Request, error: ClosingError) -> None:
+        """Answer `error` in the caller's format, then close the connection."""
+        path = origin_path(request.target.partition(b"?")[0].decode("latin-1"))
+        status, body = render(error, anthropic=anthropic_path(path))
+        sent_id = next((v for n, v in request.headers if n == b"x-request-id"), None)
+        rid = request_id(sent_id)
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
+                   *error.headers(), *self.config.response_headers("h11")]
+        await self._send_h11_event(h11.Response(status_code=status, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+        await self.send(Closed())
+        log.info("request refused", request_id=rid.decode(), method=request.method.decode(),
+                 path=path[:200], status=status, code=error.code)
+
+
+def install() -> None:
+    """Make Hypercorn serve HTTP/1.1 with `EdgeH11Protocol` (idempotent)."""
+    hypercorn.protocol.H11Protocol = EdgeH11Protocol  # type: ignore[attr-defined]
