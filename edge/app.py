@@ -680,7 +680,7 @@ class EdgeApp:
             "status": status,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "version": __version__,
-            "cache": {"l1_healthy": True,
+            "cache": {"l1_healthy": edge is not None and edge.cache.l1_healthy,
                       "l2_healthy": edge is not None and edge.cache.l2_healthy,
                       "l2_configured": edge is not None and edge.cache.l2_configured},
             "providers": providers,

@@ -31,6 +31,8 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import fastpath
+from ._version import __version__
 from .errors import utf8_len
 
 # 5 ms .. 120 s: LLM answers range from cached (ms) to long generations (minutes).
@@ -114,6 +116,10 @@ class Metrics:
         # livemax: open if open in any live worker; a dead worker's last value must not stick.
         self.circuit_open = Gauge("llm_edge_circuit_open", "1 while a provider's circuit is open",
                                   ["provider"], registry=r, multiprocess_mode="livemax")
+        self.build_info = Gauge("llm_edge_build_info",
+                                "1, labelled with the version and which hot path is loaded",
+                                ["version", "fastpath"], registry=r, multiprocess_mode="livemax")
+        self.build_info.labels(__version__, fastpath.KIND).set(1)
         self.l2_dropped_writes = Counter("llm_edge_cache_l2_dropped_writes",
                                          "L2 writes dropped because the queue was full or L2 down",
                                          registry=r)
