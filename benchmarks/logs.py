@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -40,23 +39,12 @@ FIELDS: dict[str, Any] = {
 }
 
 
-class PreviousJsonLogger:
-    """edge.logs.JsonLogger before this change, verbatim but for the name: the baseline."""
+class PreviousJsonLogger(JsonLogger):
+    """edge.logs.JsonLogger's `log` before this change, verbatim: the baseline.
 
-    def __init__(self, level: str = "info", stream: TextIO | None = None) -> None:
-        self.threshold = LEVELS.get(level, 20)
-        self.stream = stream if stream is not None else sys.stderr
-        self._secrets: tuple[str, ...] = ()
-
-    def add_secrets(self, secrets: Iterable[str | None]) -> None:
-        self._secrets = tuple(sorted({s for s in (*self._secrets, *secrets) if s}, key=len,
-                                     reverse=True))
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "[redacted]")
-        return text
+    Secrets and redaction did not change, so they are inherited; nothing is queued, so
+    `flush` has nothing to do.
+    """
 
     def log(self, level: str, msg: str, **fields: Any) -> None:
         if LEVELS[level] < self.threshold:
