@@ -174,7 +174,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="measure every target this many times, interleaved; report the "
                              "median round")
     parser.add_argument("--workers", type=int, default=1, help="edge serve --workers")
-    parser.add_argument("--edge-log-level", default="warning", help="edge serve --log-level")
+    parser.add_argument("--edge-log-level", default="info",
+                        help="edge serve --log-level (default: edge's own, one line a request)")
     parser.add_argument("--mock-delay-ms", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--log-dir", type=Path,

@@ -33,6 +33,7 @@ from .errors import (
     ServiceUnavailable,
     Unauthorized,
     UpstreamError,
+    clip,
     render,
 )
 from .failover import Attempts
@@ -195,11 +196,11 @@ class EdgeApp:
             if path.startswith("/v1/"):
                 self.authenticate(req)  # every /v1/* answer needs a key, even a 404 or 405
             if route is None:
-                raise NotFound(f"Unknown path: {path[:200]}", code="unknown_url")
+                raise NotFound(f"Unknown path: {clip(path)}", code="unknown_url")
             methods, handler = route
             if req.scope["method"] not in methods:
                 raise MethodNotAllowed(
-                    f"Method {req.scope['method'][:16]} is not allowed on {path}; "
+                    f"Method {clip(req.scope['method'], 16)} is not allowed on {path}; "
                     f"use {methods[0]}.")
             if self.tracing.enabled:
                 await self._traced(req, handler, path)
@@ -210,8 +211,8 @@ class EdgeApp:
         except ClientGone:
             req.status = 499
         except Exception as exc:  # the last line of defence: log it, answer in format
-            log.error("unhandled error", request_id=req.request_id.decode(), error=repr(exc),
-                      path=path[:200])
+            log.error("unhandled error", request_id=req.request_id.decode(),
+                      error=clip(repr(exc), 1024), path=clip(path))
             await self.send_error(req, EdgeError("Internal error in edge; see the proxy log."))
         if req.status >= 500:
             self._log_request(req, path, "warning")
@@ -239,9 +240,10 @@ class EdgeApp:
 
     @staticmethod
     def _log_request(req: Request, path: str, level: str) -> None:
-        log.log(level, "request", request_id=req.request_id.decode(), method=req.scope["method"],
-                path=path[:200], status=req.status, latency_ms=round(req.elapsed_ms(), 3),
-                provider=req.provider, model=req.model, tenant=req.tenant,
+        log.log(level, "request", request_id=req.request_id.decode(),
+                method=clip(req.scope["method"], 16), path=clip(path), status=req.status,
+                latency_ms=round(req.elapsed_ms(), 3), provider=req.provider, model=req.model,
+                tenant=req.tenant,
                 cache=req.cache.decode() if req.cache is not None else None)
 
     # -- responses -------------------------------------------------------------------
@@ -419,8 +421,8 @@ class EdgeApp:
         model = dialect.validate(body)
         req.model = model
         if not edge.router.groups(model):
-            raise NotFound(f"No configured provider serves the model '{model}'.", param="model",
-                           code="model_not_found")
+            raise NotFound(f"No configured provider serves the model '{clip(model)}'.",
+                           param="model", code="model_not_found")
         policy = self.cache_policy(req, edge.cache)
         stream = body.get("stream") is True and dialect is not _EMBEDDINGS
         call = Call(req, edge, dialect, body, raw, model, policy, stream)
@@ -689,7 +691,7 @@ class EdgeApp:
             "status": status,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "version": __version__,
-            "cache": {"l1_healthy": True,
+            "cache": {"l1_healthy": edge is not None and edge.cache.l1_healthy,
                       "l2_healthy": edge is not None and edge.cache.l2_healthy,
                       "l2_configured": edge is not None and edge.cache.l2_configured},
             "providers": providers,

@@ -20,6 +20,7 @@ leader always finishes its flight in a `finally`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from .tracing import Tracing
 FORMAT = b"E1"  # L2 value format version; a value with another prefix is ignored
 _ENTRY_OVERHEAD = 256  # bytes of bookkeeping per L1 entry, counted against l1_max_bytes
 SWEEP_INTERVAL_S = 1.0
+_PROBE_KEY = "\0edge-health"  # no request's key: cache keys are hex digests
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class Cache:
             self.l2 = RedisTier(config.redis_url, cluster=config.redis_cluster,
                                 key_prefix=config.key_prefix, on_error=self._l2_down)
         self.flights: dict[str, Flight] = {}
+        self._swept_at = -math.inf  # trio time of the last L1 expiry sweep
         self._hit_l1 = metrics.cache_hits.labels("l1")
         self._hit_l2 = metrics.cache_hits.labels("l2")
         self._lat_l1 = metrics.cache_latency.labels("l1")
@@ -124,6 +127,18 @@ class Cache:
     @staticmethod
     def _l2_down(reason: str) -> None:
         log.warning("L2 cache unavailable; serving from L1 and upstream", reason=reason)
+
+    @property
+    def l1_healthy(self) -> bool:
+        """The L1 answers a lookup and its expiry sweep ran lately (expired entries are
+        being dropped): false before `run` starts, and once the sweep stops."""
+        if trio.current_time() - self._swept_at > 3 * SWEEP_INTERVAL_S:
+            return False
+        try:
+            self.l1.get(_PROBE_KEY, time.monotonic())
+        except Exception:  # a broken L1 is exactly what this reports
+            return False
+        return True
 
     @property
     def l2_configured(self) -> bool:
@@ -204,9 +219,13 @@ class Cache:
             task_status.started()
 
     async def _sweep(self) -> None:
-        while True:
-            await trio.sleep(SWEEP_INTERVAL_S)
-            self.l1.sweep(time.monotonic(), 1000)
+        try:
+            while True:
+                self._swept_at = trio.current_time()
+                await trio.sleep(SWEEP_INTERVAL_S)
+                self.l1.sweep(time.monotonic(), 1000)
+        finally:
+            self._swept_at = -math.inf
 
     async def aclose(self) -> None:
         if self.l2 is not None:

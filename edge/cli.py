@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from . import fastpath
     from .config import ConfigError, load_config
     from .logs import log
     from .server import run
@@ -113,6 +114,9 @@ def _serve(args: argparse.Namespace) -> int:
     log.threshold = {"debug": 10, "info": 20, "warning": 30, "error": 40}[config.server.log_level]
     for warning in config.warnings:
         log.warning(warning)
+    fallback = fastpath.fallback_warning()
+    if fallback is not None:
+        log.warning(fallback)
     return run(config, load_args)
 
 

@@ -22,6 +22,10 @@
 
 Each error carries the HTTP status it maps to, so `render` is the only code that turns
 an error into a response body, in the caller's dialect (OpenAI or Anthropic).
+
+Whatever a message (or a log field) repeats of the client's input goes through `clip`
+first: a request may carry megabytes where a model name or a path belongs, and an error
+must not echo them back, nor a log line grow with them.
 """
 
 from __future__ import annotations
@@ -47,8 +51,26 @@ __all__ = [
     "UpstreamError",
     "UpstreamStatus",
     "UpstreamTimeout",
+    "clip",
     "render",
+    "utf8_len",
 ]
+
+# How much of a client's string a message or a log field repeats.
+ECHO_CHARS = 256
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` as far as a message may repeat it: its first `limit` characters, and when
+    it was longer, how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def utf8_len(text: str) -> int:
+    """The size of `text` in UTF-8 bytes; free for ASCII (`str.isascii` reads a flag)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class EdgeError(Exception):

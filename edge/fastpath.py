@@ -1,9 +1,10 @@
 """The hot path's public face: the compiled module when available, else its pure-Python twin.
 
 `EDGE_NO_EXTENSIONS=1` (or "true"/"yes") forces the twin, which is how the tests and users
-compare the two; a missing or broken build falls back to the twin silently, and `COMPILED`
-tells which one is in use (the test suite asserts it in CI so the twin cannot stand in
-unnoticed).
+compare the two. A missing or broken build also falls back to the twin, which is many
+times slower, so that must not go unnoticed: `COMPILED` and `KIND` tell which one is in
+use (the test suite asserts it in CI; /metrics shows it in `llm_edge_build_info`), and
+`fallback_warning()` is what `edge serve` logs at start when the build is missing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "COMPILED",
+    "KIND",
+    "fallback_warning",
     "EXCLUDED_FIELDS",
     "MAX_DEPTH",
     "LRUCache",
@@ -66,8 +69,10 @@ if TYPE_CHECKING:
     from edge._fastpath_py import retry_after_all as retry_after_all
 
     COMPILED: bool
+    _MISSING: str | None
 else:
     COMPILED = False
+    _MISSING = None  # why the compiled module could not be loaded, when it was wanted
     if not _NO_EXTENSIONS:
         try:
             from edge._fastpath import (
@@ -95,8 +100,8 @@ else:
                 rank,
                 retry_after_all,
             )
-        except ImportError:  # not built, or built from an older source: all from the twin
-            pass
+        except ImportError as exc:  # not built, or built from an older source: the twin
+            _MISSING = str(exc) or type(exc).__name__
         else:
             COMPILED = True
     if not COMPILED:
@@ -125,3 +130,14 @@ else:
             rank,
             retry_after_all,
         )
+
+KIND = "compiled" if COMPILED else "python"
+
+
+def fallback_warning() -> str | None:
+    """A warning for the log when the compiled module was wanted but could not be loaded."""
+    if _MISSING is None:
+        return None
+    return (f"the compiled fast path (edge._fastpath) could not be loaded ({_MISSING}); "
+            "running on its pure-Python twin, many times slower. Reinstall edge with a C "
+            "compiler available, or set EDGE_NO_EXTENSIONS=1 to choose the twin.")

@@ -1,8 +1,10 @@
 """Prometheus metrics with the names SPEC §5 fixes, in one registry.
 
-Label values are bounded: provider names and model names come from the config (a
-client's model string is reported only when it resolved to a configured deployment),
-error types from our own error classes. Nothing per request (ids, prompts) is a label.
+Label values are bounded in number and in size: provider names and model names come from
+the config (a client's model string is reported only when it resolved to a configured
+deployment, and a glob such as "gpt-*" lets at most MAX_MODEL_LABELS of them through),
+error types from our own error classes, and any value over MAX_LABEL_BYTES is reported
+as "other". Nothing per request (ids, prompts) is a label.
 
 Several workers (`server.workers > 1`) each count in their own process; prometheus-client's
 multiprocess mode keeps every worker's values in mmap files in one directory, and a scrape
@@ -29,6 +31,10 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import fastpath
+from ._version import __version__
+from .errors import utf8_len
+
 # 5 ms .. 120 s: LLM answers range from cached (ms) to long generations (minutes).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
                    60.0, 120.0)
@@ -38,6 +44,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Model names can come from clients (a glob such as "gpt-*" admits any suffix): past this
 # many distinct values, further ones are reported as "other".
 MAX_MODEL_LABELS = 200
+# Every scrape repeats each label value once per series (a histogram: once per bucket).
+MAX_LABEL_BYTES = 128
 # Read by prometheus_client at import time; edge.server sets it for worker processes.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -108,6 +116,10 @@ class Metrics:
         # livemax: open if open in any live worker; a dead worker's last value must not stick.
         self.circuit_open = Gauge("llm_edge_circuit_open", "1 while a provider's circuit is open",
                                   ["provider"], registry=r, multiprocess_mode="livemax")
+        self.build_info = Gauge("llm_edge_build_info",
+                                "1, labelled with the version and which hot path is loaded",
+                                ["version", "fastpath"], registry=r, multiprocess_mode="livemax")
+        self.build_info.labels(__version__, fastpath.KIND).set(1)
         self.l2_dropped_writes = Counter("llm_edge_cache_l2_dropped_writes",
                                          "L2 writes dropped because the queue was full or L2 down",
                                          registry=r)
@@ -120,7 +132,7 @@ class Metrics:
         key = (id(metric), *labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
+            found = self._children[key] = metric.labels(*map(bounded, labels))
         return found
 
     def prime(self, providers: Iterable[str]) -> None:
@@ -136,9 +148,10 @@ class Metrics:
             self.child(self.hedges, provider)
 
     def model_label(self, model: str) -> str:
+        """`model`, or "other" once MAX_MODEL_LABELS names are taken or when it is too long."""
         if model in self._models:
             return model
-        if len(self._models) < MAX_MODEL_LABELS:
+        if len(self._models) < MAX_MODEL_LABELS and utf8_len(model) <= MAX_LABEL_BYTES:
             self._models.add(model)
             return model
         return "other"
@@ -155,6 +168,11 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition: this process's values, or every worker's summed."""
         return generate_latest(self._scraped)
+
+
+def bounded(value: str) -> str:
+    """A label value as exported: "other" in place of one over MAX_LABEL_BYTES."""
+    return value if utf8_len(value) <= MAX_LABEL_BYTES else "other"
 
 
 def _check_multiprocess(directory: str) -> None:

@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from .config import Config
-from .errors import NotFound, ServiceUnavailable
+from .errors import NotFound, ServiceUnavailable, clip
 from .fastpath import (
     STRATEGY_COST,
     STRATEGY_FAILOVER,
@@ -132,8 +132,8 @@ class Router:
         """
         groups = self.groups(name)
         if not groups:
-            raise NotFound(f"No configured provider serves the model '{name}'.", param="model",
-                           code="model_not_found")
+            raise NotFound(f"No configured provider serves the model '{clip(name)}'.",
+                           param="model", code="model_not_found")
         now = time.monotonic()
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 1024
         if type(max_tokens) is not int:
@@ -152,7 +152,7 @@ class Router:
         if not ordered:
             breakers = [d.breaker for g in groups for d in g]
             raise ServiceUnavailable(
-                f"Every provider for '{name}' is failing (circuit open); retry later.",
+                f"Every provider for '{clip(name)}' is failing (circuit open); retry later.",
                 code="circuit_open", retry_after=retry_after_all(breakers, now))
         return ordered
 

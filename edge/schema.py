@@ -11,9 +11,12 @@ from typing import Any
 
 import orjson
 
-from .errors import BadRequest
+from .errors import BadRequest, clip, utf8_len
 
 MAX_DEPTH = 64
+# No provider's model name comes near this; a longer one is refused before it reaches the
+# router's globs, its memo, the metrics or the log.
+MAX_MODEL_BYTES = 256
 
 # field -> (accepted types, description for the message)
 _NUMBER = ((int, float), "a number")
@@ -66,6 +69,10 @@ def _require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string.", param="model")
+    size = utf8_len(model)
+    if size > MAX_MODEL_BYTES:
+        raise BadRequest(f"'model' must be at most {MAX_MODEL_BYTES} bytes, not {size}: "
+                         f"'{clip(model, 32)}'.", param="model")
     return model
 
 

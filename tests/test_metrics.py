@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,12 @@ import httpx
 import pytest
 import yaml
 from _redis import free_port
-from _servers import EdgeProcess, MockUpstream
+from _servers import EdgeProcess, MockUpstream, wait_until
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge import fastpath
+from edge._version import __version__
 from edge.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,6 +278,57 @@ def test_dashboard_provisioning_points_at_the_mounted_directory() -> None:
 
 
 # -- configuration and process shape ----------------------------------------------------
+
+
+def test_build_info_names_the_version_and_the_hot_path(scenario: Scenario) -> None:
+    for s in (scenario.proxy, scenario.listener):
+        assert s.value("llm_edge_build_info", version=__version__, fastpath=fastpath.KIND) == 1
+        assert s.total("llm_edge_build_info") == 1
+
+
+# Loaded by the edge process at start (sitecustomize on PYTHONPATH): the compiled module
+# cannot be imported, as when edge was installed without a C compiler.
+BLOCK_COMPILED = """
+import sys
+
+
+class NoCompiledFastPath:
+    def find_spec(self, name, path=None, target=None):
+        if name == "edge._fastpath":
+            raise ImportError("edge._fastpath blocked by the test")
+        return None
+
+
+sys.meta_path.insert(0, NoCompiledFastPath())
+"""
+
+
+@pytest.mark.parametrize("chosen", [False, True], ids=["build-missing", "EDGE_NO_EXTENSIONS"])
+def test_the_python_fast_path_is_exported_and_warned_unless_chosen(
+        tmp_path: Path, mock_upstream: MockUpstream, chosen: bool) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_COMPILED)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+                                                              os.environ.get("PYTHONPATH")]))}
+    if chosen:
+        env["EDGE_NO_EXTENSIONS"] = "1"
+    edge = EdgeProcess(tmp_path, config=edge_config(mock_upstream.url), env=env)
+    try:
+        s = scrape(edge.metrics_url)
+        assert s.value("llm_edge_build_info", version=__version__, fastpath="python") == 1
+        assert s.total("llm_edge_build_info") == 1
+        wait_until(lambda: "edge listening" in edge.output(), what="the start-up log")
+        warnings = [json.loads(line) for line in edge.output().splitlines()
+                    if "compiled fast path" in line]
+        if chosen:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1
+            assert warnings[0]["level"] == "warning"
+            assert "blocked by the test" in warnings[0]["msg"]
+    finally:
+        stopped(edge)
 
 
 def test_multiprocess_metrics_refuse_to_run_in_memory(tmp_path: Path) -> None:

@@ -94,7 +94,11 @@ def log_lines(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict]]:
     """edge's JSON log lines written during the test, parsed."""
     stream = io.StringIO()
     monkeypatch.setattr(log, "stream", stream)
-    return lambda: [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    def lines() -> list[dict]:
+        log.flush()  # lines are written by a background thread; take them all now
+        return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+    return lines
 
 
 def fallbacks(lines: list[dict]) -> int:
