@@ -576,26 +576,33 @@ def test_e2e_streamed_answers_are_charged(limited: EdgeProcess) -> None:
     assert_429(chat(limited, "STREAM_KEY", "!mock words=1"))  # 61 >= 60
 
 
-def test_e2e_rpm_holds_across_a_redis_sigstop(
-        tmp_path: Path, mock: MockUpstream, redis_server: RedisServer) -> None:
-    l2 = f"""
+def l2_config(redis_server: RedisServer) -> str:
+    """The [cache] table that puts the limiter's counters in `redis_server`."""
+    return f"""
 [cache]
 l2_enabled = true
 redis_url = "{redis_server.url}"
-key_prefix = "rl-stop-{uuid.uuid4().hex[:8]}:"
+key_prefix = "rl-e2e-{uuid.uuid4().hex[:8]}:"
 """
-    edge = EdgeProcess(tmp_path, config=e2e_config(mock, l2), env=E2E_KEYS)
+
+
+def wait_l2_healthy(edge: EdgeProcess) -> None:
+    wait_until(lambda: httpx.get(f"{edge.url}/health").json()["cache"]["l2_healthy"],
+               what="L2 healthy")
+
+
+def test_e2e_rpm_holds_across_a_redis_sigstop(
+        tmp_path: Path, mock: MockUpstream, redis_server: RedisServer) -> None:
+    edge = EdgeProcess(tmp_path, config=e2e_config(mock, l2_config(redis_server)), env=E2E_KEYS)
     try:
-        wait_until(lambda: httpx.get(f"{edge.url}/health").json()["cache"]["l2_healthy"],
-                   what="L2 healthy")
+        wait_l2_healthy(edge)
         statuses = [chat(edge, "TEN_KEY", f"before {i}").status_code for i in range(4)]
         redis_server.stop()
         try:
             statuses += [chat(edge, "TEN_KEY", f"frozen {i}").status_code for i in range(8)]
         finally:
             redis_server.cont()
-        wait_until(lambda: httpx.get(f"{edge.url}/health").json()["cache"]["l2_healthy"],
-                   what="L2 healthy again")
+        wait_l2_healthy(edge)
         statuses += [chat(edge, "TEN_KEY", f"after {i}").status_code for i in range(6)]
         assert statuses.count(200) == 10, statuses
         assert set(statuses) == {200, 429}
@@ -605,18 +612,12 @@ key_prefix = "rl-stop-{uuid.uuid4().hex[:8]}:"
 
 def test_e2e_two_processes_share_one_limit_through_redis(
         tmp_path: Path, mock: MockUpstream, redis_server: RedisServer) -> None:
-    l2 = f"""
-[cache]
-l2_enabled = true
-redis_url = "{redis_server.url}"
-key_prefix = "rl-e2e-{uuid.uuid4().hex[:8]}:"
-"""
+    l2 = l2_config(redis_server)
     a = EdgeProcess(tmp_path, config=e2e_config(mock, l2), env=E2E_KEYS)
     b = EdgeProcess(tmp_path, config=e2e_config(mock, l2), env=E2E_KEYS)
     try:
         for edge in (a, b):
-            wait_until(lambda e=edge: httpx.get(f"{e.url}/health").json()["cache"]["l2_healthy"],
-                       what="L2 healthy")
+            wait_l2_healthy(edge)
         assert chat(a, "RPM_KEY", "shared 1").status_code == 200
         assert chat(b, "RPM_KEY", "shared 2").status_code == 200
         assert chat(a, "RPM_KEY", "shared 3").status_code == 200
