@@ -5,7 +5,7 @@ Theory of operation
 An entry is a complete, successful answer in OpenAI format, serialised once (`Entry.body`,
 without edge's `metadata`), plus who produced it and what it cost. L1 is the compiled LRU
 in this process; L2 is Redis, written in the background (`RedisTier.put_nowait`) and read
-with a short timeout. An L2 hit fills L1.
+with a short timeout. An L2 hit fills L1 for what is left of the entry's own TTL.
 
 Coalescing: the first request for a key that misses becomes the *leader* of a `Flight`;
 identical requests arriving while it runs become *followers* and wait on the flight.
@@ -44,20 +44,29 @@ _PROBE_KEY = "\0edge-health"  # no request's key: cache keys are hex digests
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A stored answer. `body` is the answer's JSON object without edge's metadata."""
+    """A stored answer. `body` is the answer's JSON object without edge's metadata.
+
+    `expires_at` is the wall-clock second (`time.time()`) the entry stops being served,
+    set by `Cache.store` and carried in L2, so a replica that fills its L1 from an L2 hit
+    keeps the TTL the writer chose (`x-edge-cache-ttl`). Wall clock, not monotonic, since
+    replicas share no other clock; NTP-level skew moves an expiry by that much, no more.
+    """
 
     body: bytes
     provider: str
     model: str
     cost_usd: float
+    expires_at: float | None = None
 
     def answer(self) -> dict[str, Any]:
         value: dict[str, Any] = orjson.loads(self.body)
         return value
 
     def encode(self) -> bytes:
-        head = orjson.dumps({"p": self.provider, "m": self.model, "c": self.cost_usd})
-        return FORMAT + head + b"\n" + self.body
+        meta: dict[str, Any] = {"p": self.provider, "m": self.model, "c": self.cost_usd}
+        if self.expires_at is not None:
+            meta["x"] = self.expires_at  # older readers ignore the field
+        return FORMAT + orjson.dumps(meta) + b"\n" + self.body
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry | None:
@@ -68,8 +77,10 @@ class Entry:
             return None
         try:
             meta = orjson.loads(head)
-            return cls(body, str(meta["p"]), str(meta["m"]), float(meta["c"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            expires = meta.get("x")  # absent in entries written before it was stored
+            return cls(body, str(meta["p"]), str(meta["m"]), float(meta["c"]),
+                       expires_at=None if expires is None else float(expires))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
 
 
@@ -172,10 +183,13 @@ class Cache:
             if raw is not None:
                 found = Entry.decode(raw)
                 if found is not None:
-                    self._hit_l2.inc()
-                    # The remaining TTL is Redis's to know; L1 keeps it for at most ttl_s.
-                    self.l1.put(key, found, len(found.body) + _ENTRY_OVERHEAD, now + self.ttl_s)
-                    return found, "l2"
+                    # An entry of the old format has no expiry: L1 keeps it for ttl_s.
+                    left = (self.ttl_s if found.expires_at is None
+                            else found.expires_at - time.time())
+                    if left > 0:
+                        self._hit_l2.inc()
+                        self.l1.put(key, found, len(found.body) + _ENTRY_OVERHEAD, now + left)
+                        return found, "l2"
         self.metrics.cache_misses.inc()
         return None
 
@@ -183,7 +197,8 @@ class Cache:
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         # orjson's output keeps its whole growth buffer (~8 KB for a 2 KB answer); an
         # exact-size copy (~0.5 us) is what makes 100k cached answers fit in ~300 MB.
-        entry = Entry(bytes(memoryview(entry.body)), entry.provider, entry.model, entry.cost_usd)
+        entry = Entry(bytes(memoryview(entry.body)), entry.provider, entry.model, entry.cost_usd,
+                      expires_at=time.time() + ttl)
         self.l1.put(key, entry, len(entry.body) + _ENTRY_OVERHEAD, time.monotonic() + ttl)
         if self.l2 is not None and not self.l2.put_nowait(key, entry.encode(), ttl):
             self.metrics.l2_dropped_writes.inc()

@@ -3,10 +3,13 @@
 Theory of operation
 -------------------
 Both limits count in a *sliding window of one-second buckets*: an event at time t goes
-into bucket ``floor(t)`` and counts until ``floor(t) + 61``, so it is counted for between
-60 and 61 seconds. Rounding that way is conservative: in every rolling 60-second span a
-key gets at most `rpm` requests admitted. A window holds at most 61 buckets per kind,
-whatever the traffic, so memory per key is bounded without any tuning.
+into bucket ``floor(t)`` and counts until ``floor(t) + 60``, so it is counted for between
+59 and 60 seconds: the window is this second and the 59 before it. That makes the wait
+a refusal reports the exact moment the limiter frees, and never longer than the true
+wait of a rolling minute (the oldest request left it no earlier than the start of its
+second plus 60): `Retry-After` is at most 60, and a client that waits it is admitted.
+The price is at most one second of slack at the window's far edge. A window holds at
+most 60 buckets per kind, whatever the traffic, so memory per key is bounded.
 
 * `admit(key)` runs before a request is served (cache hits included). It refuses the
   request while the key's tokens in the window already reach `tpm` (the pre-check that
@@ -31,7 +34,12 @@ replicate their effects), so replicas need not agree on time; a test may pass `n
 Redis being down never fails a request: on `L2Unavailable` the call is decided by the
 in-process window instead, and one warning is logged per outage. The in-process window
 always shadows this process's own traffic, so during an outage each process enforces the
-limits on what it has seen itself (limits become per-process until Redis is back).
+limits on what it has seen itself (limits become per-process until Redis is back). What
+a process admits or charges while Redis is away is also kept apart, as *unsent* buckets,
+and added to the Redis window by the first call that reaches Redis again (in the same
+script, at the same age), so the outage's traffic still counts against the window that
+follows it. A call that timed out may still have run once Redis resumes; its request is
+then counted twice, which errs on the side of the limit.
 """
 
 from __future__ import annotations
@@ -58,7 +66,9 @@ _KEY_TTL_S = WINDOW_S + 2
 
 # KEYS[1]: the key's window hash.
 # ARGV[1]: now in seconds (a negative value: use Redis TIME), ARGV[2]: "admit" or "charge",
-# ARGV[3]: rpm (0: none), ARGV[4]: tpm (0: none), ARGV[5]: tokens to charge.
+# ARGV[3]: rpm (0: none), ARGV[4]: tpm (0: none), ARGV[5]: tokens to charge,
+# ARGV[6]: n, then n triples (kind "r" or "t", age in whole seconds, amount): counts made
+# while Redis was away, added first, into the bucket that many seconds before this one.
 # Returns {1, 0} when admitted or charged, {0, wait_ms} when refused.
 _LUA = """
 local key = KEYS[1]
@@ -69,12 +79,12 @@ if now < 0 then
 end
 local window = __WINDOW__
 local cur = math.floor(now)
-local first = cur - window
+local first = cur - window + 1
 local h = redis.call('HGET', key, 'h')
 local head = first
 if h then head = tonumber(h) end
 if head < first then
-  if first - head > window then
+  if first - head >= window then
     redis.call('DEL', key)
   else
     local rn = tonumber(redis.call('HGET', key, 'rn') or '0')
@@ -94,6 +104,22 @@ end
 -- every bucket stays within head .. head + window, where expiry and free_at look.
 local wb = math.max(cur, head)
 
+local unsent = tonumber(ARGV[6] or '0')
+for i = 0, unsent - 1 do
+  local kind = ARGV[7 + 3 * i]
+  local b = math.min(cur - tonumber(ARGV[8 + 3 * i]), wb)
+  local amount = tonumber(ARGV[9 + 3 * i])
+  if b >= first then
+    if b < head then head = b end
+    redis.call('HINCRBY', key, kind .. b, amount)
+    redis.call('HINCRBY', key, kind .. 'n', amount)
+  end
+end
+if unsent > 0 then
+  redis.call('HSET', key, 'h', head)
+  redis.call('EXPIRE', key, __TTL__)
+end
+
 if ARGV[2] == 'charge' then
   local tokens = tonumber(ARGV[5])
   redis.call('HINCRBY', key, 't' .. wb, tokens)
@@ -107,14 +133,14 @@ local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
 local function free_at(kind, total, limit)
   -- the end of the bucket whose expiry brings `total` under `limit`
-  for b = head, head + window do
+  for b = head, head + window - 1 do
     local v = redis.call('HGET', key, kind .. b)
     if v then
       total = total - tonumber(v)
-      if total < limit then return b + 1 + window - now end
+      if total < limit then return b + window - now end
     end
   end
-  return cur + 1 + window - now
+  return cur + window - now
 end
 local wait = 0
 if tpm > 0 then
@@ -139,7 +165,7 @@ return {1, 0}
 
 
 class SlidingWindow:
-    """Amounts in one-second buckets over the last `WINDOW_S` seconds (at most 61 buckets).
+    """Amounts in one-second buckets over the last `WINDOW_S` seconds (at most 60 buckets).
 
     The in-process twin of the Redis hash: the same buckets, expiry and wait arithmetic,
     so falling back from Redis changes where the numbers live, not what they mean.
@@ -154,7 +180,7 @@ class SlidingWindow:
 
     def expire(self, now: float) -> None:
         """Drop the buckets that left the window at `now`."""
-        first = math.floor(now) - WINDOW_S
+        first = math.floor(now) - WINDOW_S + 1
         buckets = self.buckets
         while buckets and buckets[0][0] < first:
             self.total -= buckets.popleft()[1]
@@ -179,14 +205,26 @@ class SlidingWindow:
         for second, amount in self.buckets:
             total -= amount
             if total < limit:
-                return second + 1 + WINDOW_S - now
-        return math.floor(now) + 1 + WINDOW_S - now  # unreachable while totals are consistent
+                return second + WINDOW_S - now
+        return math.floor(now) + WINDOW_S - now  # unreachable while totals are consistent
+
+    def snapshot(self, now: float) -> list[tuple[int, int]]:
+        """(age in whole seconds at `now`, amount) of each live bucket, oldest first."""
+        self.expire(now)
+        current = math.floor(now)
+        return [(max(0, current - second), amount) for second, amount in self.buckets]
+
+    def merged(self, newer: SlidingWindow) -> SlidingWindow:
+        """This window with the amounts of `newer` (whose buckets are no older) added."""
+        for second, amount in newer.buckets:
+            self.add(second, amount)
+        return self
 
 
 class _Local:
     """One key's limits and its in-process windows."""
 
-    __slots__ = ("name", "rpm", "tpm", "requests", "tokens")
+    __slots__ = ("name", "rpm", "tpm", "requests", "tokens", "unsent_requests", "unsent_tokens")
 
     def __init__(self, name: str, rpm: int | None, tpm: int | None) -> None:
         self.name = name
@@ -194,6 +232,9 @@ class _Local:
         self.tpm = tpm
         self.requests = SlidingWindow()
         self.tokens = SlidingWindow()
+        # counted here while Redis was away, not yet added to the Redis window
+        self.unsent_requests = SlidingWindow()
+        self.unsent_tokens = SlidingWindow()
 
     def admit(self, now: float) -> float:
         """Count one request and return 0, or return the seconds to wait (nothing counted)."""
@@ -267,21 +308,26 @@ class RateLimiter:
                     local.shadow(self._now(now))
                     return
                 self._refuse(local, wait_ms / 1000.0)
-        wait = local.admit(self._now(now))
+        at = self._now(now)
+        wait = local.admit(at)
         if wait > 0.0:
             self._refuse(local, wait)
+        if self._tier is not None and local.rpm is not None:
+            local.unsent_requests.add(at, 1)
 
     async def charge(self, key_name: str, tokens: int, now: float | None = None) -> None:
         """Add the `tokens` an upstream answer used (prompt + completion) to the key's window."""
         local = self._limits.get(key_name)
         if local is None or local.tpm is None or tokens <= 0:
             return
-        local.tokens.add(self._now(now), tokens)
+        at = self._now(now)
+        local.tokens.add(at, tokens)
         if self._tier is not None:
             try:
                 await self._redis(local, "charge", now, tokens)
             except L2Unavailable as exc:
                 self._fall_back(exc)
+                local.unsent_tokens.add(at, tokens)
             else:
                 self._degraded = False
 
@@ -313,7 +359,16 @@ class RateLimiter:
         assert self._tier is not None
         key = self._prefix + local.name
         args: list[str | int] = [repr(-1.0 if now is None else float(now)), op, local.rpm or 0,
-                                 local.tpm or 0, tokens]
+                                 local.tpm or 0, tokens, 0]
+        # Taken out for this call, so a concurrent call cannot send them a second time.
+        unsent = (local.unsent_requests, local.unsent_tokens)
+        if unsent[0].buckets or unsent[1].buckets:
+            local.unsent_requests, local.unsent_tokens = SlidingWindow(), SlidingWindow()
+            at = self._now(now)
+            for kind, window in zip("rt", unsent, strict=True):
+                for age, amount in window.snapshot(at):
+                    args += [kind, age, amount]
+            args[5] = (len(args) - 6) // 3
 
         def run(client: RedisClient) -> tuple[bool, int]:
             script = self._script
@@ -323,4 +378,10 @@ class RateLimiter:
             allowed, wait_ms = script(keys=[key], args=args, client=client)
             return bool(allowed), int(wait_ms)
 
-        return await self._tier.call(run)
+        try:
+            return await self._tier.call(run)
+        except BaseException:  # L2Unavailable or cancelled: maybe never reached Redis
+            if args[5]:  # not in Redis after all: keep them for the next call that gets through
+                local.unsent_requests = unsent[0].merged(local.unsent_requests)
+                local.unsent_tokens = unsent[1].merged(local.unsent_tokens)
+            raise

@@ -7,6 +7,7 @@ untouched so new upstream features keep working.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -40,7 +41,16 @@ _OPTIONAL_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """Parse the body; anything but a JSON object is a 400 that says why."""
+    """Parse the body; anything but a JSON object is a 400 that says why.
+
+    An object that repeats a key is refused (400 naming the key and where it is), not
+    resolved: orjson keeps the last duplicate, but on native pass-through edge forwards
+    the client's bytes as they are, and an upstream that keeps the *first* would answer
+    a different request from the one edge keyed, routed and cached. Under
+    `scope = "global"` that lets one tenant store an answer under another's key. Sending
+    the parsed body instead would hide the ambiguity rather than end it (the client meant
+    one of the two and edge cannot know which) and cost a re-serialisation per request.
+    """
     if not raw:
         raise BadRequest("The request body is empty; expected a JSON object.")
     try:
@@ -52,7 +62,81 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     # Only a body with that many brackets can be that deep: count in C, walk rarely.
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(body, MAX_DEPTH):
         raise BadRequest(f"The request body is nested deeper than {MAX_DEPTH} levels.")
+    if _may_repeat_keys(raw, body):
+        _refuse_repeated_keys(raw)
     return body
+
+
+def _may_repeat_keys(raw: bytes, body: dict[str, Any]) -> bool:
+    """False when the parse provably kept every member of every object in the text.
+
+    Outside strings a colon ends a key, so `raw` holds one colon per member plus those
+    written inside strings; orjson's re-serialisation of the parse holds one per member
+    it *kept* plus the same string colons. A repeated key drops a member and at least
+    its colon, so the re-serialisation has fewer. An escaped colon (`\\u003a`) becomes
+    one only in the parse, so it is counted for `raw` too (a `\\\\u003a`, which is no
+    colon, then counts high: that costs the exact check, never a missed repeat).
+    A serialisation and two counts in C; the exact check in Python only when they differ.
+    """
+    kept = orjson.dumps(body).count(b":")  # it writes whatever it reads (a huge int is a float)
+    written = raw.count(b":")
+    if b"\\u" in raw:
+        written += raw.count(b"\\u003a") + raw.count(b"\\u003A")
+    return written > kept
+
+
+class _Repeated(dict[str, Any]):
+    """An object parsed by the exact check that repeated `key`."""
+
+    key = ""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            repeated = _Repeated(obj)
+            repeated.key = key
+            return repeated
+        seen.add(key)
+    raise AssertionError("unreachable: fewer keys than pairs means a repeat")
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """The exact check (rare: only when `_may_repeat_keys` could not rule a repeat out)."""
+    found = _first_repeat(json.loads(raw, object_pairs_hook=_pairs), "")
+    if found is None:
+        return  # a colon inside a string made the bound loose; nothing was repeated
+    where, key = found
+    shown = key if len(key) <= 100 else key[:100] + "..."
+    place = f"'{where}'" if where else "the top-level object"
+    raise BadRequest(
+        f"The request body repeats the key '{shown}' in {place}; a key may appear only "
+        "once in an object.",
+        param=f"{where}.{shown}" if where else shown,
+    )
+
+
+def _first_repeat(value: Any, path: str) -> tuple[str, str] | None:
+    """(path of the object, repeated key) of the first repeat in document order."""
+    if isinstance(value, dict):
+        if isinstance(value, _Repeated):
+            return path, value.key
+        for key, child in value.items():
+            if isinstance(child, dict | list):
+                found = _first_repeat(child, f"{path}.{key}" if path else key)
+                if found is not None:
+                    return found
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            if isinstance(child, dict | list):
+                found = _first_repeat(child, f"{path}[{i}]")
+                if found is not None:
+                    return found
+    return None
 
 
 def _too_deep(value: Any, budget: int) -> bool:

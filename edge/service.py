@@ -3,12 +3,22 @@
 `open_edge(config)` is entered once per worker, in the ASGI lifespan; everything that must
 outlive a single request (connection pools, the L2 writer, health probes) lives here and
 is closed when it exits. Requests never spawn tasks into this nursery.
+
+A background task that fails after start-up is restarted, after a backoff that doubles
+from `RESTART_BACKOFF_S` to `RESTART_BACKOFF_MAX_S`, with the exception logged at error:
+the tasks are caches and probes, so one failure (a bug on a rare input, say) should cost
+a sweep or a probe, not the process. A task that keeps failing (`MAX_RESTARTS` times in a
+row, each within `STABLE_AFTER_S` of its restart) is not going to recover by itself: the
+service stops being ready and `open_edge` raises `BackgroundTaskFailed`, which ends the
+process with a non-zero status so its supervisor starts a fresh one. Never the third
+outcome, a process that stays up without its background work (503 for ever while
+/health/live says 200).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -30,6 +40,56 @@ def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     """The upstream transport: edge's lean HTTP/1.1 client (measured 2-5x httpx's own;
     benchmarks/RESULTS.md), behind httpx's transport interface."""
     return LeanTransport(max_connections=max_connections)
+
+
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+MAX_RESTARTS = 5
+STABLE_AFTER_S = 60.0
+
+
+class BackgroundTaskFailed(Exception):
+    """A background task kept failing after restarts; the process should be replaced."""
+
+
+async def supervise(name: str, task: Callable[..., Awaitable[object]], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run `task` (started like `nursery.start(task)`) for ever, restarting it on failure.
+
+    A failure before `task` has started is start-up's to report and is raised as is.
+    """
+    failures = 0
+    started = False
+    while True:
+        began = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(task)
+                if not started:
+                    started = True
+                    task_status.started()
+            raise RuntimeError("returned, but must run until cancelled")
+        except Exception as exc:
+            if not started:
+                raise
+            failures = 1 if trio.current_time() - began >= STABLE_AFTER_S else failures + 1
+            error = _describe(exc)
+            if failures > MAX_RESTARTS:
+                log.error("background task keeps failing; stopping so the process is replaced",
+                          task=name, failures=failures, error=error)
+                raise BackgroundTaskFailed(f"{name} failed {failures} times in a row: {error}") \
+                    from exc
+            delay = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (failures - 1))
+            log.error("background task failed; restarting it", task=name, failures=failures,
+                      restart_in_s=delay, error=error)
+        await trio.sleep(delay)
+
+
+def _describe(exc: BaseException) -> str:
+    """The failure itself, not the nursery's wrapping of it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return repr(exc)
 
 
 class Edge:
@@ -73,7 +133,7 @@ async def open_edge(config: Config, metrics: Metrics | None = None,
     try:
         async with trio.open_nursery() as nursery:
             edge.nursery = nursery
-            await nursery.start(edge.cache.run)
+            await nursery.start(supervise, "cache", edge.cache.run)
             edge.ready = True
             try:
                 yield edge

@@ -195,3 +195,24 @@ def test_l2_on_redis_cluster(tmp_path, redis_cluster) -> None:
     finally:
         client.close()
         a.stop(), b.stop(), mock.stop()
+
+
+def test_l2_hit_keeps_the_writers_ttl_on_another_replica(tmp_path, redis_server) -> None:
+    mock = MockUpstream(tmp_path)
+    a = EdgeProcess(tmp_path, config=config(mock, redis_server.url), env=ENV)
+    b = EdgeProcess(tmp_path, config=config(mock, redis_server.url), env=ENV)
+    client = redis.Redis.from_url(redis_server.url)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "short-lived"}]}
+    try:
+        wait_until(lambda: l2_healthy(a) and l2_healthy(b), what="L2 healthy")
+        first = httpx.post(f"{a.url}/v1/chat/completions", json=body, timeout=30,
+                           headers={"x-edge-cache-ttl": "5"})
+        assert first.headers["x-edge-cache"] == "miss"
+        wait_until(lambda: count_keys(client, "t:") == 1, what="background L2 write")
+        assert chat(b, "short-lived").headers["x-edge-cache"] == "hit-l2"
+        # b's L1 copy must expire with the writer's 5 s, not after the default hour
+        wait_until(lambda: chat(b, "short-lived").headers["x-edge-cache"] == "miss",
+                   deadline=30, interval=0.2, what="the entry to expire on the second replica")
+    finally:
+        client.close()
+        a.stop(), b.stop(), mock.stop()

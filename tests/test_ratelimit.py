@@ -146,9 +146,9 @@ def test_window_is_bounded_and_totals_the_last_minute() -> None:
     events = [T0 + i * 0.1 for i in range(5000)]  # 500 seconds, ten events a second
     for at in events:
         window.add(at, 1)
-    assert len(window.buckets) <= WINDOW_S + 1
+    assert len(window.buckets) <= WINDOW_S
     now = events[-1]
-    first_live_second = math.floor(now) - WINDOW_S
+    first_live_second = math.floor(now) - WINDOW_S + 1
     assert window.total == sum(1 for at in events if math.floor(at) >= first_live_second)
 
 
@@ -158,9 +158,9 @@ def test_window_wait_is_the_expiry_of_the_freeing_bucket() -> None:
     window.add(T0 + 10.2, 5)
     window.add(T0 + 20.9, 5)
     assert window.wait(T0 + 30, 100) == 0.0
-    # under 10 once the first two buckets are gone: the second expires at T0 + 10 + 61
-    assert window.wait(T0 + 30, 10) == pytest.approx(T0 + 71 - (T0 + 30))
-    assert window.wait(T0 + 30, 15) == pytest.approx(T0 + 61 - (T0 + 30))
+    # under 10 once the first two buckets are gone: the second expires at T0 + 10 + 60
+    assert window.wait(T0 + 30, 10) == pytest.approx(T0 + 70 - (T0 + 30))
+    assert window.wait(T0 + 30, 15) == pytest.approx(T0 + 60 - (T0 + 30))
 
 
 # -- limits, on both backends ----------------------------------------------------------
@@ -171,18 +171,36 @@ async def test_rpm_refuses_with_retry_after_until_the_window_frees(make_limiter:
     for at in (T0 + 0.2, T0 + 10.5, T0 + 20.9):
         await limiter.admit("team", now=at)
     error = await refused(limiter, "team", T0 + 30)
-    # the request at T0 + 0.2 counts until the end of its second plus the window
-    assert error.retry_after == pytest.approx(31.0, abs=1e-3)
+    # the request at T0 + 0.2 counts from the start of its second for the window
+    assert error.retry_after == pytest.approx(30.0, abs=1e-3)
     assert error.status == 429
     assert error.type == "rate_limit_error"
-    assert error.headers() == [(b"retry-after", b"31")]
+    assert error.headers() == [(b"retry-after", b"30")]
     assert "team" in error.message
-    late = await refused(limiter, "team", T0 + 60.9)
+    late = await refused(limiter, "team", T0 + 59.9)
     assert late.retry_after == pytest.approx(0.1, abs=2e-3)
     assert late.headers() == [(b"retry-after", b"1")]
-    await limiter.admit("team", now=T0 + 61.0)
-    again = await refused(limiter, "team", T0 + 61.0)
+    await limiter.admit("team", now=T0 + 60.0)  # the moment Retry-After named
+    again = await refused(limiter, "team", T0 + 60.0)
     assert again.retry_after == pytest.approx(10.0, abs=1e-3)  # now T0 + 10.5 is the oldest
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.5, 0.999])
+async def test_retry_after_is_never_more_than_the_true_wait(make_limiter: Factory,
+                                                            fraction: float) -> None:
+    limiter = await make_limiter(key("team", rpm=1))
+    at = T0 + fraction
+    await limiter.admit("team", now=at)
+    for later in (0.0, 0.0004, 30.25):
+        now = at + later
+        error = await refused(limiter, "team", now)
+        true_wait = at + WINDOW_S - now  # when the request leaves a rolling minute
+        assert error.retry_after <= true_wait + 1e-3  # Redis rounds up to a millisecond
+        [(_, header)] = error.headers()
+        assert int(header) <= math.ceil(true_wait - 1e-6)  # a 60 s window: never 61
+    # and a client that waits what it was told is admitted then
+    [(_, header)] = (await refused(limiter, "team", at)).headers()
+    await limiter.admit("team", now=at + int(header))
 
 
 async def test_refused_requests_are_not_counted(make_limiter: Factory) -> None:
@@ -204,10 +222,10 @@ async def test_tpm_is_checked_before_and_charged_after(make_limiter: Factory) ->
     await limiter.admit("team", now=T0 + 1)  # 60 < 100: still admitted
     await limiter.charge("team", 50, now=T0 + 1)  # a charge itself never refuses
     error = await refused(limiter, "team", T0 + 2)
-    # 110 tokens: dropping the 60 of T0 brings it under 100, at T0 + 61
-    assert error.retry_after == pytest.approx(59.0, abs=1e-3)
+    # 110 tokens: dropping the 60 of T0 brings it under 100, at T0 + 60
+    assert error.retry_after == pytest.approx(58.0, abs=1e-3)
     assert "100 tokens" in error.message
-    await limiter.admit("team", now=T0 + 61)
+    await limiter.admit("team", now=T0 + 60)
 
 
 async def test_tpm_only_key_does_not_count_requests(make_limiter: Factory) -> None:
@@ -225,8 +243,8 @@ async def test_retry_after_is_the_later_of_both_limits(make_limiter: Factory) ->
     await limiter.admit("team", now=T0)
     await limiter.charge("team", 20, now=T0 + 30)
     error = await refused(limiter, "team", T0 + 40)
-    # rpm frees at T0 + 61 (21 s); the tokens of T0 + 30 stay until T0 + 91 (51 s)
-    assert error.retry_after == pytest.approx(51.0, abs=1e-3)
+    # rpm frees at T0 + 60 (20 s); the tokens of T0 + 30 stay until T0 + 90 (50 s)
+    assert error.retry_after == pytest.approx(50.0, abs=1e-3)
     assert "1 requests and 10 tokens" in error.message
 
 
@@ -266,7 +284,7 @@ async def test_long_idle_key_starts_afresh(make_limiter: Factory) -> None:
     await limiter.admit("team", now=later)
     await limiter.admit("team", now=later + 0.5)
     error = await refused(limiter, "team", later + 0.5)
-    assert error.retry_after == pytest.approx(60.5, abs=1e-3)
+    assert error.retry_after == pytest.approx(59.5, abs=1e-3)
 
 
 async def test_a_clock_stepping_back_still_counts(make_limiter: Factory) -> None:
@@ -283,7 +301,7 @@ async def test_tpm_precheck_admits_until_the_budget_is_reached(make_limiter: Fac
         await limiter.admit("team", now=T0 + i)
         await limiter.charge("team", 25, now=T0 + i)
     error = await refused(limiter, "team", T0 + 4)  # exactly 100: the budget is reached
-    assert error.retry_after == pytest.approx(57.0, abs=1e-3)  # 75 once T0's 25 expire
+    assert error.retry_after == pytest.approx(56.0, abs=1e-3)  # 75 once T0's 25 expire
 
 
 # -- Redis: shared limits, Redis's clock, outages -----------------------------------------
@@ -299,9 +317,9 @@ async def test_two_limiters_sharing_redis_enforce_one_limit(
         await a.admit("team", now=T0)
         await b.admit("team", now=T0 + 1)
         await a.admit("team", now=T0 + 2)
-        assert (await refused(b, "team", T0 + 3)).retry_after == pytest.approx(58.0, abs=1e-3)
+        assert (await refused(b, "team", T0 + 3)).retry_after == pytest.approx(57.0, abs=1e-3)
         await refused(a, "team", T0 + 3)
-        await b.admit("team", now=T0 + 61)  # A's first request left the window for both
+        await b.admit("team", now=T0 + 60)  # A's first request left the window for both
         await a.admit("tokens", now=T0)
         await a.charge("tokens", 100, now=T0)
         await refused(b, "tokens", T0 + 1)  # B never saw those tokens itself
@@ -315,7 +333,7 @@ async def test_redis_clock_is_used_without_now(shared_redis: RedisServer) -> Non
         await limiter.admit("team")
         await limiter.admit("team")
         error = await refused(limiter, "team", None)
-        assert 50.0 < error.retry_after <= 61.0  # wide: a loaded machine may stall between calls
+        assert 50.0 < error.retry_after <= 60.0  # wide: a loaded machine may stall between calls
     client = redis.Redis.from_url(shared_redis.url)
     try:
         ttl = client.ttl(f"{prefix}team")
@@ -337,7 +355,7 @@ async def test_redis_down_falls_back_to_the_process_window(
         redis_server.kill()
         await limiter.admit("team", now=T0 + 2)  # the process saw two already: third is fine
         error = await refused(limiter, "team", T0 + 3)
-        assert error.retry_after == pytest.approx(58.0, abs=1e-3)
+        assert error.retry_after == pytest.approx(57.0, abs=1e-3)
         await refused(limiter, "team", T0 + 4)
         assert not tier.healthy
         assert fallbacks(log_lines()) == 1  # one warning per outage, not per request
@@ -349,6 +367,50 @@ async def test_redis_down_falls_back_to_the_process_window(
         redis_server.kill()
         await refused(limiter, "team", T0 + 6)  # the process window kept counting
     assert fallbacks(log_lines()) == 2
+
+
+async def test_admissions_while_redis_was_frozen_count_once_it_is_back(
+        redis_server: RedisServer) -> None:
+    prefix = f"test:rl:{uuid.uuid4().hex[:12]}:"
+    async with running_tier(redis_server.url) as tier:
+        limiter = RateLimiter([key("team", rpm=10, tpm=1000)], tier, key_prefix=prefix)
+        admitted = 0
+        for i in range(4):
+            await limiter.admit("team", now=T0 + i * 0.1)
+            admitted += 1
+        redis_server.stop()
+        try:
+            for i in range(30):  # the process window refuses after six more
+                try:
+                    await limiter.admit("team", now=T0 + 1 + i * 0.1)
+                except RateLimited:
+                    break
+                admitted += 1
+            await limiter.charge("team", 990, now=T0 + 2)
+            assert not tier.healthy
+        finally:
+            redis_server.cont()
+        await eventually(lambda: tier.healthy)
+        # a fresh limiter (another replica, or this one restarted) sees only Redis
+        other = RateLimiter([key("team", rpm=10, tpm=1000)], tier, key_prefix=prefix)
+        await limiter.charge("team", 5, now=T0 + 3)  # the first call through sends the outage
+        waits = []
+        for i in range(5):
+            try:
+                await other.admit("team", now=T0 + 4 + i)
+            except RateLimited as error:
+                waits.append(error.retry_after)
+            else:
+                admitted += 1
+        assert admitted == 10
+        # the oldest counted request is the first, at T0: it frees the window at T0 + 60
+        assert waits == pytest.approx([WINDOW_S - 4 - i for i in range(5)], abs=1e-3)
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            fields = client.hgetall(f"{prefix}team")
+        finally:
+            client.close()
+        assert int(fields[b"tn"]) == 995
 
 
 async def test_charge_survives_redis_down(redis_server: RedisServer) -> None:
@@ -391,7 +453,7 @@ E2E_KEYS = {
     "RPM_KEY": "edge-rl-rpm-6f0c1b", "HITS_KEY": "edge-rl-hits-94d2ee",
     "TPM_KEY": "edge-rl-tpm-1a7b3c", "TPM_HITS_KEY": "edge-rl-tpmhits-55e0af",
     "STREAM_KEY": "edge-rl-stream-c81d4e", "FREE_KEY": "edge-rl-free-2b9f60",
-    "MOCK_KEY": "sk-rl-provider-0e4d",
+    "TEN_KEY": "edge-rl-ten-73ac02", "MOCK_KEY": "sk-rl-provider-0e4d",
 }
 
 
@@ -405,6 +467,7 @@ keys = [
   {{ name = "tokens-hits", key = "env:TPM_HITS_KEY", tpm = 60 }},
   {{ name = "stream", key = "env:STREAM_KEY", tpm = 60 }},
   {{ name = "free", key = "env:FREE_KEY" }},
+  {{ name = "ten", key = "env:TEN_KEY", rpm = 10 }},
 ]
 {extra}
 [[providers]]
@@ -450,7 +513,7 @@ def assert_429(response: httpx.Response) -> int:
     """The error is OpenAI-format with a whole-second Retry-After; returns that value."""
     assert response.status_code == 429, response.text
     retry_after = int(response.headers["retry-after"])
-    assert 1 <= retry_after <= WINDOW_S + 1
+    assert 1 <= retry_after <= WINDOW_S
     assert response.headers.get("x-request-id")
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -517,20 +580,48 @@ def test_e2e_streamed_answers_are_charged(limited: EdgeProcess) -> None:
     assert_429(chat(limited, "STREAM_KEY", "!mock words=1"))  # 61 >= 60
 
 
-def test_e2e_two_processes_share_one_limit_through_redis(
-        tmp_path: Path, mock: MockUpstream, redis_server: RedisServer) -> None:
-    l2 = f"""
+def l2_config(redis_server: RedisServer) -> str:
+    """The [cache] table that puts the limiter's counters in `redis_server`."""
+    return f"""
 [cache]
 l2_enabled = true
 redis_url = "{redis_server.url}"
 key_prefix = "rl-e2e-{uuid.uuid4().hex[:8]}:"
 """
+
+
+def wait_l2_healthy(edge: EdgeProcess) -> None:
+    wait_until(lambda: httpx.get(f"{edge.url}/health").json()["cache"]["l2_healthy"],
+               what="L2 healthy")
+
+
+def test_e2e_rpm_holds_across_a_redis_sigstop(
+        tmp_path: Path, mock: MockUpstream, redis_server: RedisServer) -> None:
+    edge = EdgeProcess(tmp_path, config=e2e_config(mock, l2_config(redis_server)), env=E2E_KEYS)
+    try:
+        wait_l2_healthy(edge)
+        statuses = [chat(edge, "TEN_KEY", f"before {i}").status_code for i in range(4)]
+        redis_server.stop()
+        try:
+            statuses += [chat(edge, "TEN_KEY", f"frozen {i}").status_code for i in range(8)]
+        finally:
+            redis_server.cont()
+        wait_l2_healthy(edge)
+        statuses += [chat(edge, "TEN_KEY", f"after {i}").status_code for i in range(6)]
+        assert statuses.count(200) == 10, statuses
+        assert set(statuses) == {200, 429}
+    finally:
+        edge.stop()
+
+
+def test_e2e_two_processes_share_one_limit_through_redis(
+        tmp_path: Path, mock: MockUpstream, redis_server: RedisServer) -> None:
+    l2 = l2_config(redis_server)
     a = EdgeProcess(tmp_path, config=e2e_config(mock, l2), env=E2E_KEYS)
     b = EdgeProcess(tmp_path, config=e2e_config(mock, l2), env=E2E_KEYS)
     try:
         for edge in (a, b):
-            wait_until(lambda e=edge: httpx.get(f"{e.url}/health").json()["cache"]["l2_healthy"],
-                       what="L2 healthy")
+            wait_l2_healthy(edge)
         assert chat(a, "RPM_KEY", "shared 1").status_code == 200
         assert chat(b, "RPM_KEY", "shared 2").status_code == 200
         assert chat(a, "RPM_KEY", "shared 3").status_code == 200
