@@ -129,6 +129,8 @@ class Call:
 
 
 _INFO = LEVELS["info"]
+# The field without which a 200 from upstream is not an answer for that endpoint.
+_ANSWER_FIELDS = {"chat": "choices", "embeddings": "data", "messages": "content"}
 _CHAT = OpenAIDialect("chat", schema.validate_chat)
 _EMBEDDINGS = OpenAIDialect("embeddings", schema.validate_embeddings)
 _MESSAGES = AnthropicDialect()
@@ -518,8 +520,7 @@ class EdgeApp:
             return
         meta = orjson.dumps({"provider": entry.provider, "cached": True, "cache_tier": tier,
                              "latency_ms": latency, "cost_usd": 0.0})
-        body = entry.body[:-1] + b',"metadata":' + meta + b"}"
-        await self.send_json(req, 200, body, [
+        await self.send_json(req, 200, _with_metadata(entry.body, meta), [
             (b"x-edge-cache", cache_header),
             (b"x-edge-provider", entry.provider.encode()),
             (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
@@ -552,6 +553,7 @@ class EdgeApp:
             began = time.perf_counter()
             answer = await dialect.fetch(dep, body, raw)
             self._latency_observer(dep, began)
+            _check_answer(dialect.endpoint, answer, dep)
             return answer
 
         plan = call.edge.router.plan(call.model, body)
@@ -566,7 +568,7 @@ class EdgeApp:
         meta = orjson.dumps({"provider": dep.provider.name, "cached": False, "cache_tier": None,
                              "latency_ms": latency, "cost_usd": cost})
         self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
-        await self.send_json(req, 200, entry.body[:-1] + b',"metadata":' + meta + b"}", [
+        await self.send_json(req, 200, _with_metadata(entry.body, meta), [
             (b"x-edge-cache", call.policy.header),
             (b"x-edge-provider", dep.provider.name.encode()),
             (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
@@ -701,6 +703,27 @@ class EdgeApp:
         await req.send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", METRICS_CONTENT_TYPE.encode()), (b"x-request-id", req.request_id)]})
         await req.send({"type": "http.response.body", "body": body})
+
+
+def _check_answer(endpoint: str, answer: dict[str, Any], dep: Deployment) -> None:
+    """Refuse a 200 that is not an answer (`{}`, an error object without an error status).
+
+    It is treated like invalid JSON (SPEC §4: 502, "answered something that is not valid
+    JSON"): a retryable failure, so the next candidate is tried and the breaker hears of
+    it, and nothing is cached. An Anthropic message may have no content blocks; the
+    other endpoints always answer with at least one choice or embedding.
+    """
+    field = _ANSWER_FIELDS[endpoint]
+    value = answer.get(field)
+    if not isinstance(value, list) or (not value and endpoint != "messages"):
+        raise UpstreamError(f"provider {dep.provider.name} answered 200 without "
+                            f"'{field}': not a {endpoint} answer")
+
+
+def _with_metadata(body: bytes, meta: bytes) -> bytes:
+    """`body` (a compact JSON object, as orjson writes it) with edge's "metadata" field last."""
+    comma = b"," if body[-2:] != b"{}" else b""  # only the empty object ends in "{}"
+    return b"".join((body[:-1], comma, b'"metadata":', meta, b"}"))
 
 
 def _status_class(status: int) -> str:
