@@ -13,7 +13,7 @@ asked through /v1/chat/completions and through /v1/messages is two entries.
 
 from __future__ import annotations
 
-import time
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -160,7 +160,9 @@ class AnthropicDialect(Dialect):
             return await _first(native, dep)
         request = anthropic_request_to_openai({**body, "stream": True}, dep.model)
         chunks = await provider.open_stream("chat", request, dep.model, None)
-        message_id = "msg_" + time.strftime("%Y%m%d%H%M%S") + format(id(chunks), "x")
+        # Random, as Anthropic's own ids look: a time stamp plus id() repeats whenever a
+        # freed stream's address is reused within the same second.
+        message_id = "msg_" + os.urandom(12).hex()
         return await _first(_TranslatedEvents(chunks, OpenAIStreamToAnthropic(
             dep.model, message_id=message_id)), dep)
 
