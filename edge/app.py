@@ -468,6 +468,9 @@ class EdgeApp:
                 entry = await self._follow(call.req, flight)
                 flight = None
                 if entry is not None:
+                    # SPEC §4: followers "are served as hits"; the answer is in this
+                    # process's memory, so an L1 hit in the header, body and metrics.
+                    cache.served_follower()
                     await self._send_hit(call, entry, "l1")
                     return
                 # the leader was abandoned: look again, and lead if nobody else does

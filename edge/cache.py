@@ -141,7 +141,11 @@ class Cache:
             raise BadRequest(f"The request body cannot be cached: {exc}") from None
 
     async def lookup(self, key: str) -> tuple[Entry, str] | None:
-        """The live entry for `key` and the tier it came from, or None (a counted miss)."""
+        """The live entry for `key` and the tier it came from, or None.
+
+        A hit is counted here; a miss only when the request then leads an upstream call
+        (`lead_or_follow`): a coalesced follower is served as a hit instead.
+        """
         began = time.perf_counter()
         now = time.monotonic()
         entry = self.l1.get(key, now)
@@ -161,7 +165,6 @@ class Cache:
                     # The remaining TTL is Redis's to know; L1 keeps it for at most ttl_s.
                     self.l1.put(key, found, len(found.body) + _ENTRY_OVERHEAD, now + self.ttl_s)
                     return found, "l2"
-        self.metrics.cache_misses.inc()
         return None
 
     def store(self, key: str, entry: Entry, ttl_s: int | None) -> None:
@@ -182,7 +185,12 @@ class Cache:
             return False, flight
         flight = Flight()
         self.flights[key] = flight
+        self.metrics.cache_misses.inc()
         return True, flight
+
+    def served_follower(self) -> None:
+        """A follower got its leader's answer: an L1 hit (from this process's memory)."""
+        self._hit_l1.inc()
 
     def finish(self, key: str, flight: Flight, entry: Entry | None = None,
                error: EdgeError | None = None) -> None:

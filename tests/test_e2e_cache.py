@@ -9,6 +9,7 @@ import openai
 import orjson
 import pytest
 from _fake_upstream import FakeUpstream, Reply
+from _scrape import metric
 from _servers import EdgeProcess, MockUpstream, wait_until
 
 from edge.app import _with_metadata
@@ -199,6 +200,40 @@ def test_identical_requests_in_flight_coalesce(stack) -> None:
     caches = sorted(r.headers["x-edge-cache"] for r in results)
     assert caches.count("miss") == 1
     assert caches.count("hit-l1") == 7
+
+
+def test_coalesced_followers_count_as_hits_and_savings(stack) -> None:
+    """Followers are hits everywhere: header, metadata, hits{tier="l1"}, never misses, and
+    each saved the leader's cost."""
+    edge, mock = stack
+    n = 6
+    counters = ("llm_edge_cache_misses_total", "llm_edge_cache_hits_total",
+                "llm_edge_cost_saved_usd_total")
+    before = {name: metric(edge.url, name) for name in counters}
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        r = chat(edge, "!mock delay_ms=2000 coalesced and counted")
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * n
+    leader = [r for r in results if r.headers["x-edge-cache"] == "miss"]
+    assert len(leader) == 1
+    cost = float(leader[0].headers["x-edge-cost-usd"])
+    assert cost > 0
+    assert all(r.json()["metadata"]["cache_tier"] == "l1" for r in results if r not in leader)
+    delta = {name: metric(edge.url, name) - before[name] for name in counters}
+    assert delta["llm_edge_cache_misses_total"] == 1
+    assert delta["llm_edge_cache_hits_total"] == n - 1
+    assert metric(edge.url, "llm_edge_cache_hits_total", tier="l1") >= n - 1
+    assert delta["llm_edge_cost_saved_usd_total"] == pytest.approx((n - 1) * cost, rel=1e-6)
 
 
 def test_followers_get_the_leaders_error(stack) -> None:
