@@ -108,6 +108,7 @@ class Cache:
         self.tracing = tracing if tracing is not None else Tracing()
         self.enabled = config.enabled
         self.ttl_s = config.ttl_s
+        self.max_entry_bytes = config.max_entry_bytes
         self.global_scope = config.scope == "global"
         self.metrics = metrics
         self.l1 = LRUCache(config.l1_max_entries, config.l1_max_bytes)
@@ -168,6 +169,9 @@ class Cache:
         return None
 
     def store(self, key: str, entry: Entry, ttl_s: int | None) -> None:
+        """Keep `entry` in L1 and queue it for L2, unless it is over max_entry_bytes."""
+        if len(entry.body) > self.max_entry_bytes:
+            return  # served, but one answer must not crowd out thousands
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         # orjson's output keeps its whole growth buffer (~8 KB for a 2 KB answer); an
         # exact-size copy (~0.5 us) is what makes 100k cached answers fit in ~300 MB.

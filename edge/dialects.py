@@ -80,8 +80,9 @@ class Dialect(ABC):
         """(prompt, completion) tokens of a complete answer."""
 
     @abstractmethod
-    def assembler(self) -> Any:
-        """A fresh object that assembles stream items into a complete answer."""
+    def assembler(self, max_bytes: int) -> Any:
+        """A fresh object that assembles stream items into a complete answer, keeping at
+        most `max_bytes` (past that it only counts; see `edge.chat_stream`)."""
 
     @abstractmethod
     def frame(self, item: Item) -> bytes:
@@ -121,8 +122,8 @@ class OpenAIDialect(Dialect):
             return 0, 0
         return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
 
-    def assembler(self) -> ChatAssembler:
-        return ChatAssembler()
+    def assembler(self, max_bytes: int) -> ChatAssembler:
+        return ChatAssembler(max_bytes)
 
     def frame(self, item: Item) -> bytes:
         return frame(item)
@@ -172,8 +173,8 @@ class AnthropicDialect(Dialect):
             return 0, 0
         return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
 
-    def assembler(self) -> MessageAssembler:
-        return MessageAssembler()
+    def assembler(self, max_bytes: int) -> MessageAssembler:
+        return MessageAssembler(max_bytes)
 
     def frame(self, item: Item) -> bytes:
         name, data = item
