@@ -15,13 +15,22 @@ or replace one (``signature``), so the assembler keeps the start block and the p
 field, and joins them when asked for the result. Everything else in the start block, and
 every message field it does not know, passes through untouched; that is what makes
 ``assemble(replay(m)) == m`` hold for any message.
+
+Memory is bounded as in `edge.chat_stream`: past `max_bytes` of kept pieces and blocks,
+the assembler drops them and only counts from then on (`overflowed`, never `finished`);
+`text_bytes` and `reported_usage()` still describe what was relayed.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any, TypeGuard
+
+import orjson
+
+from .chat_stream import SLOT_BYTES, reported_count, utf8_len
 
 __all__ = ["MessageAssembler", "replay_events"]
 
@@ -81,21 +90,37 @@ class MessageAssembler:
     faithful, complete message (the only kind worth caching).
     """
 
-    __slots__ = ("_message", "_blocks", "_usage", "_delta_seen", "_stopped")
+    __slots__ = ("_message", "_blocks", "_usage", "_delta_seen", "_stopped", "overflowed",
+                 "kept", "text_bytes", "_max_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._message: JSON | None = None
         self._blocks: dict[int, _Block] = {}
         self._usage: JSON = {}
         self._delta_seen = False
         self._stopped = False
+        self.overflowed = False  # passed max_bytes: nothing kept, never finished
+        self.kept = 0  # bytes counted against max_bytes
+        self.text_bytes = 0  # UTF-8 bytes of generated text seen, kept or not
+        self._max_bytes = sys.maxsize if max_bytes is None else max_bytes
 
     @property
     def finished(self) -> bool:
         """True once message_stop arrived after a message_delta, with every tool input parsed."""
-        if self._message is None or not self._delta_seen or not self._stopped:
+        if (self._message is None or not self._delta_seen or not self._stopped
+                or self.overflowed):
             return False
         return all(block.tool_input()[1] for block in self._blocks.values())
+
+    def reported_usage(self) -> tuple[int | None, int | None]:
+        """(input, output) tokens as the upstream reported them; None for each it did not.
+
+        Output counts only once message_delta brought the total; a positive input count
+        from message_start is already the real one.
+        """
+        prompt = reported_count(self._usage.get("input_tokens"))
+        completion = reported_count(self._usage.get("output_tokens")) if self._delta_seen else None
+        return (prompt or None), completion
 
     def feed(self, event: str | None, data: Mapping[str, Any]) -> None:
         kind = event or data.get("type")
@@ -111,6 +136,7 @@ class MessageAssembler:
             index, block = data.get("index"), data.get("content_block")
             if _is_index(index) and isinstance(block, Mapping):
                 self._blocks[index] = _Block(block)
+                self.kept += SLOT_BYTES + _json_size(block)
         elif kind == "content_block_delta":
             self._delta(data)
         elif kind == "message_delta":
@@ -118,30 +144,47 @@ class MessageAssembler:
         elif kind == "message_stop":
             self._stopped = True
         # ping, content_block_stop and event types added later change nothing here
+        if self.kept > self._max_bytes:
+            # Past the cap: drop the content; each later event is counted, then forgotten.
+            self._blocks.clear()
+            self.overflowed = True
+
+    def _count(self, piece: str) -> None:
+        size = utf8_len(piece)
+        self.text_bytes += size
+        self.kept += size
 
     def _delta(self, data: Mapping[str, Any]) -> None:
         index, delta = data.get("index"), data.get("delta")
-        block = self._blocks.get(index) if _is_index(index) else None
-        if block is None or not isinstance(delta, Mapping):
+        if not isinstance(delta, Mapping):
             return
+        # Text is counted even for a block not kept (past the cap): it was relayed.
+        block = self._blocks.get(index) if _is_index(index) else None
         kind = delta.get("type")
         field = _APPENDED.get(kind) if isinstance(kind, str) else None
         if field is not None:
             piece = delta.get(field)
             if isinstance(piece, str):
-                block.pieces.setdefault(field, []).append(piece)
+                self._count(piece)
+                if block is not None:
+                    block.pieces.setdefault(field, []).append(piece)
         elif kind == "input_json_delta":
             partial = delta.get("partial_json")
             if isinstance(partial, str):
-                if block.json_parts is None:
-                    block.json_parts = []
-                block.json_parts.append(partial)
+                self._count(partial)
+                if block is not None:
+                    if block.json_parts is None:
+                        block.json_parts = []
+                    block.json_parts.append(partial)
+        elif block is None:
+            return
         elif kind == "signature_delta":
             signature = delta.get("signature")
             if isinstance(signature, str):
                 block.signature = signature  # sent whole, once; a repeat replaces it
         elif kind == "citations_delta" and "citation" in delta:
             block.citations.append(delta["citation"])
+            self.kept += _json_size(delta["citation"])
 
     def _message_delta(self, data: Mapping[str, Any]) -> None:
         if self._message is None:
@@ -167,6 +210,14 @@ class MessageAssembler:
         message["content"] = [self._blocks[i].result() for i in sorted(self._blocks)]
         message["usage"] = dict(self._usage)
         return message
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of `value` as JSON, for the cap; what orjson cannot write is charged a slot."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return SLOT_BYTES
 
 
 def _is_index(value: object) -> TypeGuard[int]:

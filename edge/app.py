@@ -64,7 +64,8 @@ class Request:
     """What the handlers need to know about one request; built once, passed along."""
 
     __slots__ = ("scope", "receive", "send", "headers", "request_id", "start", "tenant",
-                 "anthropic", "endpoint", "status", "finished", "provider", "model", "cache")
+                 "anthropic", "endpoint", "status", "finished", "provider", "model", "cache",
+                 "usage")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -84,6 +85,7 @@ class Request:
         self.provider: str | None = None
         self.model: str | None = None
         self.cache: bytes | None = None
+        self.usage: str | None = None  # "upstream" or "estimated": where the token counts came from
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.start) * 1000.0
@@ -126,6 +128,10 @@ class Call:
 
 
 _INFO = LEVELS["info"]
+_BYTES_PER_TOKEN = 4
+_BOOKKEEPING_S = 5.0
+# The field without which a 200 from upstream is not an answer for that endpoint.
+_ANSWER_FIELDS = {"chat": "choices", "embeddings": "data", "messages": "content"}
 _CHAT = OpenAIDialect("chat", schema.validate_chat)
 _EMBEDDINGS = OpenAIDialect("embeddings", schema.validate_embeddings)
 _MESSAGES = AnthropicDialect()
@@ -244,7 +250,7 @@ class EdgeApp:
                 method=clip(req.scope["method"], 16), path=clip(path), status=req.status,
                 latency_ms=round(req.elapsed_ms(), 3), provider=req.provider, model=req.model,
                 tenant=req.tenant,
-                cache=req.cache.decode() if req.cache is not None else None)
+                cache=req.cache.decode() if req.cache is not None else None, usage=req.usage)
 
     # -- responses -------------------------------------------------------------------
 
@@ -479,6 +485,9 @@ class EdgeApp:
                 entry = await self._follow(call.req, flight)
                 flight = None
                 if entry is not None:
+                    # SPEC §4: followers "are served as hits"; the answer is in this
+                    # process's memory, so an L1 hit in the header, body and metrics.
+                    cache.served_follower()
                     await self._send_hit(call, entry, "l1")
                     return
                 # the leader was abandoned: look again, and lead if nobody else does
@@ -531,8 +540,7 @@ class EdgeApp:
             return
         meta = orjson.dumps({"provider": entry.provider, "cached": True, "cache_tier": tier,
                              "latency_ms": latency, "cost_usd": 0.0})
-        body = entry.body[:-1] + b',"metadata":' + meta + b"}"
-        await self.send_json(req, 200, body, [
+        await self.send_json(req, 200, _with_metadata(entry.body, meta), [
             (b"x-edge-cache", cache_header),
             (b"x-edge-provider", entry.provider.encode()),
             (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
@@ -540,17 +548,47 @@ class EdgeApp:
         ])
 
     async def _charge(self, call: Call, usage: tuple[int, int]) -> None:
-        """Tokens count against the client key's tpm once the answer is known."""
+        """Tokens count against the client key's tpm once the answer is known (or cut).
+
+        Runs in a shielded scope with a deadline (`_bookkeeping`): a request being
+        cancelled still pays, and a slow limiter store cannot hold the request forever.
+        """
         limiter = call.edge.limiter
         tenant = call.req.tenant
         if limiter.limited(tenant):
-            await limiter.charge(tenant, usage[0] + usage[1])
+            with _bookkeeping():
+                await limiter.charge(tenant, usage[0] + usage[1])
 
-    def _account(self, call: Call, dep: Deployment, usage: tuple[int, int]) -> float:
+    def _account(self, call: Call, dep: Deployment, usage: tuple[int, int],
+                 estimated: bool = False) -> float:
         """Tokens and cost of one upstream answer, into the metrics; returns the cost."""
         prompt, completion = usage
         cost = call.edge.prices.cost(dep.model, prompt, completion)
-        self.metrics.usage(dep.provider.name, dep.model, prompt, completion, cost)
+        m = self.metrics
+        m.usage(dep.provider.name, dep.model, prompt, completion, cost)
+        if estimated:
+            m.child(m.tokens_estimated, dep.provider.name, m.model_label(dep.model)).inc(
+                prompt + completion)
+            call.req.usage = "estimated"
+        else:
+            call.req.usage = "upstream"
+        return cost
+
+    async def _settle_stream(self, call: Call, dep: Deployment, assembler: Any) -> float:
+        """Tokens and cost of a stream however it ended (whole, failed, cut by the client):
+        the upstream's counts where it sent them, else an estimate of what was relayed
+        (`_estimated_tokens`), counted as such. Returns the cost."""
+        prompt, completion = assembler.reported_usage()
+        estimated = prompt is None or completion is None
+        if prompt is None:
+            body = call.body
+            system = {"content": body.get("system")}  # Anthropic's system prompt
+            chars = schema.prompt_chars(body) + schema.prompt_chars({"messages": [system]})
+            prompt = _estimated_tokens(chars)
+        if completion is None:
+            completion = _estimated_tokens(assembler.text_bytes)
+        cost = self._account(call, dep, (prompt, completion), estimated)
+        await self._charge(call, (prompt, completion))
         return cost
 
     def _latency_observer(self, dep: Deployment, began: float) -> None:
@@ -565,13 +603,15 @@ class EdgeApp:
             began = time.perf_counter()
             answer = await dialect.fetch(dep, body, raw)
             self._latency_observer(dep, began)
+            _check_answer(dialect.endpoint, answer, dep)
             return answer
 
         plan = call.edge.router.plan(call.model, body)
         answer, dep = await Attempts(plan, attempt, call.edge.config.routing,
                                      self.metrics, tracing=self.tracing).run()
         answer.pop("metadata", None)  # an upstream's own field would collide with ours
-        cost = self._account(call, dep, dialect.usage(answer))
+        usage = dialect.usage(answer)
+        cost = self._account(call, dep, usage)
         entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
         req = call.req
         req.provider, req.cache = dep.provider.name, call.policy.header
@@ -579,13 +619,15 @@ class EdgeApp:
         meta = orjson.dumps({"provider": dep.provider.name, "cached": False, "cache_tier": None,
                              "latency_ms": latency, "cost_usd": cost})
         self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
-        await self.send_json(req, 200, entry.body[:-1] + b',"metadata":' + meta + b"}", [
-            (b"x-edge-cache", call.policy.header),
-            (b"x-edge-provider", dep.provider.name.encode()),
-            (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
-            (b"x-edge-cost-usd", f"{cost:.8f}".encode()),
-        ])
-        await self._charge(call, dialect.usage(answer))
+        try:
+            await self.send_json(req, 200, _with_metadata(entry.body, meta), [
+                (b"x-edge-cache", call.policy.header),
+                (b"x-edge-provider", dep.provider.name.encode()),
+                (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
+                (b"x-edge-cost-usd", f"{cost:.8f}".encode()),
+            ])
+        finally:
+            await self._charge(call, usage)  # the answer was paid for, sent or not
         return entry
 
     async def _relay_stream(self, call: Call) -> Entry | None:
@@ -602,15 +644,19 @@ class EdgeApp:
             await source.aclose()
 
         plan = call.edge.router.plan(call.model, body)
-        source, dep = await Attempts(plan, attempt, call.edge.config.routing, self.metrics,
-                                     discard, tracing=self.tracing).run()
+        attempts = Attempts(plan, attempt, call.edge.config.routing, self.metrics, discard,
+                            tracing=self.tracing, deferred=True)
+        source, dep = await attempts.run()
         try:
-            return await self._pump(call, dep, source)
+            return await self._pump(call, dep, source, attempts)
         finally:
             with trio.CancelScope(shield=True):
                 await source.aclose()
 
-    async def _pump(self, call: Call, dep: Deployment, source: EventSource) -> Entry | None:
+    async def _pump(self, call: Call, dep: Deployment, source: EventSource,
+                    attempts: Attempts[EventSource]) -> Entry | None:
+        """Send the stream; whatever ends it, the breaker hears the verdict and the tokens
+        are counted and charged, once."""
         req = call.req
         send = req.send
         dialect = call.dialect
@@ -624,51 +670,59 @@ class EdgeApp:
             (b"x-edge-provider", dep.provider.name.encode()),
             (b"x-edge-latency-ms", f"{latency:.3f}".encode()),
         ]
-        req.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        assembler = dialect.assembler()
-        item = source.first
-        # Frames of the events already in hand, sent as one write when the next event needs
-        # a network read: never held across a wait, so nothing reaches the client later.
-        out: list[bytes] = []
+        # Assembled only to be stored, and never past the entry size cap; the assembler
+        # counts the relayed text either way, for tokens and cost.
+        cap = call.edge.config.cache.max_entry_bytes if call.policy.store else 0
+        assembler = dialect.assembler(cap)
+        failure: UpstreamError | None = None
+        cost = 0.0
         try:
-            while item is not None:
-                assembler.feed(*item) if dialect.anthropic else assembler.feed(item)
-                if strip_usage and "usage" in item:
-                    # edge asked upstream for usage (cost, tokens); this client did not, so
-                    # it sees neither the usage-only chunk nor the "usage" field
-                    if item["usage"] is not None and not item.get("choices"):
-                        item = None
-                    else:
-                        item = {k: v for k, v in item.items() if k != "usage"}
-                if item is not None:
-                    out.append(dialect.frame(item))
-                if out and not source.ready():
-                    await send({"type": "http.response.body", "body": b"".join(out),
-                                "more_body": True})
-                    out.clear()
-                item = await source.next()
-        except UpstreamError as error:
-            # Headers are gone already: end the stream with an error event, never a clean end.
-            m = self.metrics
-            m.child(m.provider_errors, dep.provider.name, error.kind).inc()
-            m.child(m.requests, req.endpoint, "5xx").inc()
+            req.status = 200
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            item = source.first
+            # Frames of the events already in hand, sent as one write when the next event
+            # needs a network read: never held across a wait, so nothing reaches the client
+            # later.
+            out: list[bytes] = []
+            try:
+                while item is not None:
+                    assembler.feed(*item) if dialect.anthropic else assembler.feed(item)
+                    if strip_usage and "usage" in item:
+                        # edge asked upstream for usage (cost, tokens); this client did not,
+                        # so it sees neither the usage-only chunk nor the "usage" field
+                        if item["usage"] is not None and not item.get("choices"):
+                            item = None
+                        else:
+                            item = {k: v for k, v in item.items() if k != "usage"}
+                    if item is not None:
+                        out.append(dialect.frame(item))
+                    if out and not source.ready():
+                        await send({"type": "http.response.body", "body": b"".join(out),
+                                    "more_body": True})
+                        out.clear()
+                    item = await source.next()
+            except UpstreamError as error:
+                # Headers are gone already: end the stream with an error event, never a
+                # clean end; the request failed, and its log line and metrics say so.
+                failure = error
+                req.status = error.status
+                out.append(dialect.error_frame(error))
+            else:
+                out.append(dialect.stream_end)
             req.finished = True
-            out.append(dialect.error_frame(error))
             await send({"type": "http.response.body", "body": b"".join(out),
                         "more_body": False})
+        finally:
+            attempts.settle(dep, failure)
+            cost = await self._settle_stream(call, dep, assembler)
+        m = self.metrics
+        m.child(m.requests, req.endpoint, _status_class(req.status)).inc()
+        if failure is not None:
+            m.child(m.errors, failure.kind).inc()
             return None
-        req.finished = True
-        out.append(dialect.stream_end)
-        await send({"type": "http.response.body", "body": b"".join(out), "more_body": False})
-        self.metrics.child(self.metrics.requests, req.endpoint, "2xx").inc()
         if not assembler.finished:
             return None
-        answer = assembler.result()
-        usage = dialect.usage(answer)
-        cost = self._account(call, dep, usage)
-        await self._charge(call, usage)
-        return Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
+        return Entry(orjson.dumps(assembler.result()), dep.provider.name, dep.model, cost)
 
     async def models(self, req: Request) -> None:
         edge = self.service()
@@ -714,6 +768,39 @@ class EdgeApp:
         await req.send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", METRICS_CONTENT_TYPE.encode()), (b"x-request-id", req.request_id)]})
         await req.send({"type": "http.response.body", "body": body})
+
+
+def _check_answer(endpoint: str, answer: dict[str, Any], dep: Deployment) -> None:
+    """Refuse a 200 that is not an answer (`{}`, an error object without an error status).
+
+    It is treated like invalid JSON (SPEC §4: 502, "answered something that is not valid
+    JSON"): a retryable failure, so the next candidate is tried and the breaker hears of
+    it, and nothing is cached. An Anthropic message may have no content blocks; the
+    other endpoints always answer with at least one choice or embedding.
+    """
+    field = _ANSWER_FIELDS[endpoint]
+    value = answer.get(field)
+    if not isinstance(value, list) or (not value and endpoint != "messages"):
+        raise UpstreamError(f"provider {dep.provider.name} answered 200 without "
+                            f"'{field}': not a {endpoint} answer")
+
+
+def _with_metadata(body: bytes, meta: bytes) -> bytes:
+    """`body` (a compact JSON object, as orjson writes it) with edge's "metadata" field last."""
+    comma = b"," if body[-2:] != b"{}" else b""  # only the empty object ends in "{}"
+    return b"".join((body[:-1], comma, b'"metadata":', meta, b"}"))
+
+
+def _estimated_tokens(size: int) -> int:
+    """Tokens in `size` characters or bytes of text: ~4 a token, the usual rule of thumb for
+    English with OpenAI's and Anthropic's tokenizers (an estimate, and counted as one)."""
+    return -(-size // _BYTES_PER_TOKEN)
+
+
+def _bookkeeping() -> trio.CancelScope:
+    """A scope for accounting that must run while its request is being cancelled (the
+    client hung up), shielded from that but bounded, so it can never hold a task long."""
+    return trio.CancelScope(deadline=trio.current_time() + _BOOKKEEPING_S, shield=True)
 
 
 def _status_class(status: int) -> str:

@@ -121,6 +121,7 @@ class Cache:
         self.tracing = tracing if tracing is not None else Tracing()
         self.enabled = config.enabled
         self.ttl_s = config.ttl_s
+        self.max_entry_bytes = config.max_entry_bytes
         self.global_scope = config.scope == "global"
         self.metrics = metrics
         self.l1 = LRUCache(config.l1_max_entries, config.l1_max_bytes)
@@ -167,7 +168,11 @@ class Cache:
             raise BadRequest(f"The request body cannot be cached: {exc}") from None
 
     async def lookup(self, key: str) -> tuple[Entry, str] | None:
-        """The live entry for `key` and the tier it came from, or None (a counted miss)."""
+        """The live entry for `key` and the tier it came from, or None.
+
+        A hit is counted here; a miss only when the request then leads an upstream call
+        (`lead_or_follow`): a coalesced follower is served as a hit instead.
+        """
         began = time.perf_counter()
         now = time.monotonic()
         entry = self.l1.get(key, now)
@@ -190,10 +195,12 @@ class Cache:
                         self._hit_l2.inc()
                         self.l1.put(key, found, len(found.body) + _ENTRY_OVERHEAD, now + left)
                         return found, "l2"
-        self.metrics.cache_misses.inc()
         return None
 
     def store(self, key: str, entry: Entry, ttl_s: int | None) -> None:
+        """Keep `entry` in L1 and queue it for L2, unless it is over max_entry_bytes."""
+        if len(entry.body) > self.max_entry_bytes:
+            return  # served, but one answer must not crowd out thousands
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         # orjson's output keeps its whole growth buffer (~8 KB for a 2 KB answer); an
         # exact-size copy (~0.5 us) is what makes 100k cached answers fit in ~300 MB.
@@ -212,7 +219,12 @@ class Cache:
             return False, flight
         flight = Flight()
         self.flights[key] = flight
+        self.metrics.cache_misses.inc()
         return True, flight
+
+    def served_follower(self) -> None:
+        """A follower got its leader's answer: an L1 hit (from this process's memory)."""
+        self._hit_l1.inc()
 
     def finish(self, key: str, flight: Flight, entry: Entry | None = None,
                error: EdgeError | None = None) -> None:

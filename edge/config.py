@@ -162,6 +162,9 @@ class CacheConfig:
     ttl_s: int = 3600
     l1_max_entries: int = 100000
     l1_max_bytes: int = 268435456
+    # The largest answer stored (JSON bytes); a stream past it is relayed but no longer
+    # assembled, which also bounds the memory one stream holds for the cache.
+    max_entry_bytes: int = 8388608
     l2_enabled: bool = False
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False
@@ -588,6 +591,7 @@ _CACHE_KEYS: Final = (
     "ttl_s",
     "l1_max_entries",
     "l1_max_bytes",
+    "max_entry_bytes",
     "l2_enabled",
     "redis_url",
     "redis_cluster",
@@ -648,6 +652,7 @@ def _parse_cache(raw: Any, file: str, values: dict[str, Any]) -> None:
         "ttl_s": lambda v, w: _check_int(v, w, lo=1),
         "l1_max_entries": lambda v, w: _check_int(v, w, lo=1),
         "l1_max_bytes": lambda v, w: _check_int(v, w, lo=1),
+        "max_entry_bytes": lambda v, w: _check_int(v, w, lo=1),
         "l2_enabled": _check_bool,
         "redis_url": _check_redis_url,
         "redis_cluster": _check_bool,
@@ -1287,7 +1292,8 @@ def summary(config: Config) -> str:
             l2 = f"L2 redis{cluster} {_mask_url(c.redis_url)} prefix {_quoted(c.key_prefix)}"
         lines.append(
             f"cache: L1 ({c.l1_max_entries} entries, {_fmt_bytes(c.l1_max_bytes)}, "
-            f"ttl {c.ttl_s}s), {l2}, scope {c.scope}"
+            f"ttl {c.ttl_s}s), entries up to {_fmt_bytes(c.max_entry_bytes)}, {l2}, "
+            f"scope {c.scope}"
         )
 
     r = config.routing

@@ -13,7 +13,7 @@ asked through /v1/chat/completions and through /v1/messages is two entries.
 
 from __future__ import annotations
 
-import time
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -80,8 +80,9 @@ class Dialect(ABC):
         """(prompt, completion) tokens of a complete answer."""
 
     @abstractmethod
-    def assembler(self) -> Any:
-        """A fresh object that assembles stream items into a complete answer."""
+    def assembler(self, max_bytes: int) -> Any:
+        """A fresh object that assembles stream items into a complete answer, keeping at
+        most `max_bytes` (past that it only counts; see `edge.chat_stream`)."""
 
     @abstractmethod
     def frame(self, item: Item) -> bytes:
@@ -121,8 +122,8 @@ class OpenAIDialect(Dialect):
             return 0, 0
         return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
 
-    def assembler(self) -> ChatAssembler:
-        return ChatAssembler()
+    def assembler(self, max_bytes: int) -> ChatAssembler:
+        return ChatAssembler(max_bytes)
 
     def frame(self, item: Item) -> bytes:
         return frame(item)
@@ -160,7 +161,9 @@ class AnthropicDialect(Dialect):
             return await _first(native, dep)
         request = anthropic_request_to_openai({**body, "stream": True}, dep.model)
         chunks = await provider.open_stream("chat", request, dep.model, None)
-        message_id = "msg_" + time.strftime("%Y%m%d%H%M%S") + format(id(chunks), "x")
+        # Random, as Anthropic's own ids look: a time stamp plus id() repeats whenever a
+        # freed stream's address is reused within the same second.
+        message_id = "msg_" + os.urandom(12).hex()
         return await _first(_TranslatedEvents(chunks, OpenAIStreamToAnthropic(
             dep.model, message_id=message_id)), dep)
 
@@ -170,8 +173,8 @@ class AnthropicDialect(Dialect):
             return 0, 0
         return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
 
-    def assembler(self) -> MessageAssembler:
-        return MessageAssembler()
+    def assembler(self, max_bytes: int) -> MessageAssembler:
+        return MessageAssembler(max_bytes)
 
     def frame(self, item: Item) -> bytes:
         name, data = item

@@ -56,8 +56,12 @@ class Attempts(Generic[T]):
         metrics: Metrics,
         discard: Callable[[T], Awaitable[None]] | None = None,
         tracing: Tracing | None = None,
+        deferred: bool = False,
     ) -> None:
         self.plan = plan
+        # A stream's verdict waits for its end (`settle`): a provider that fails after the
+        # first byte must count as failing, not as the success its first byte looked like.
+        self.deferred = deferred
         self.attempt = attempt
         self.routing = routing
         self.metrics = metrics
@@ -102,9 +106,21 @@ class Attempts(Generic[T]):
             raise
         now = time.monotonic()
         dep.stats.observe(now - began)
+        if not self.deferred:
+            dep.breaker.success(now)
+            self._circuit_gauge(dep, now)
+        return answer
+
+    def settle(self, dep: Deployment, error: UpstreamError | None) -> None:
+        """The verdict on a deferred answer once it ended: a failure then counts like a
+        failed attempt (breaker, provider_errors); otherwise, cut by the client included,
+        the provider answered."""
+        if error is not None:
+            self._failed(dep, error)
+            return
+        now = time.monotonic()
         dep.breaker.success(now)
         self._circuit_gauge(dep, now)
-        return answer
 
     def _failed(self, dep: Deployment, error: UpstreamError) -> None:
         now = time.monotonic()
@@ -226,10 +242,12 @@ class Attempts(Generic[T]):
             nursery.cancel_scope.cancel()  # the winner (or the end) cancels the others
         # Answers that finished while we were deciding lost the race: release them.
         send.close()
-        async for _, answer, error in receive:
+        async for dep, answer, error in receive:
             if error is None and self.discard is not None:
                 with trio.CancelScope(shield=True):
                     await self.discard(answer)
+            if error is None and self.deferred:
+                self.settle(dep, None)
         if winner is not None:
             return winner
         if fatal is not None:

@@ -107,6 +107,10 @@ class Metrics:
                                      ["provider", "model"], registry=r)
         self.tokens_completion = Counter("llm_edge_tokens_completion", "Completion tokens",
                                          ["provider", "model"], registry=r)
+        self.tokens_estimated = Counter(
+            "llm_edge_tokens_estimated", "Of the tokens used, those edge estimated (~4 bytes "
+            "of text each) because a stream ended before the upstream reported its usage",
+            ["provider", "model"], registry=r)
         self.inflight = Gauge("llm_edge_inflight_requests", "Requests being answered",
                               registry=r, multiprocess_mode="livesum")
         self.failovers = Counter("llm_edge_failovers", "Attempts moved to another candidate",

@@ -415,3 +415,51 @@ def test_replayed_tool_input_is_compact_json() -> None:
     assert json.loads(partial) == TOOL["content"][0]["input"]
     assert ": " not in partial
     assert ", " not in partial
+
+
+def long_text_events(pieces: int, piece: str) -> list[tuple[str, dict[str, Any]]]:
+    start = {**TEXT, "content": [], "stop_reason": None, "usage": {"input_tokens": 12,
+                                                                   "output_tokens": 1}}
+    delta = {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": piece}}
+    return [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        *[("content_block_delta", delta)] * pieces,
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 900}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+
+
+def test_past_max_bytes_nothing_is_kept_but_everything_is_counted() -> None:
+    piece = "¡Olé! " * 10  # 80 bytes of UTF-8 in 60 characters
+    events = long_text_events(1000, piece)
+    assert assemble(events).finished  # the same stream, uncapped, is a whole message
+    capped = MessageAssembler(max_bytes=4096)
+    for i, (name, data) in enumerate(events):
+        capped.feed(name, data)
+        if name == "content_block_delta":
+            assert not capped.overflowed or capped.result()["content"] == []
+        if i == len(events) - 3:  # before message_delta: only the input count is real
+            assert capped.reported_usage() == (12, None)
+    assert capped.overflowed
+    assert not capped.finished
+    assert capped.result()["content"] == []
+    assert capped.text_bytes == 1000 * len(piece.encode())
+    assert capped.reported_usage() == (12, 900)
+
+
+def test_deltas_of_blocks_started_past_the_cap_are_counted() -> None:
+    capped = MessageAssembler(max_bytes=10)
+    for name, data in long_text_events(3, "x" * 20):
+        capped.feed(name, data)
+    capped.feed("content_block_start", {"type": "content_block_start", "index": 1,
+                                        "content_block": {"type": "tool_use", "id": "t",
+                                                          "name": "f", "input": {}}})
+    capped.feed("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {
+        "type": "input_json_delta", "partial_json": '{"a": 1}'}})
+    assert capped.text_bytes == 60 + 8
+    assert capped.result()["content"] == []

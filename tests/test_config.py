@@ -139,6 +139,7 @@ enabled = true
 ttl_s = 60
 l1_max_entries = 10
 l1_max_bytes = 2048
+max_entry_bytes = 1024
 l2_enabled = true
 redis_url = "rediss://cache.internal:6380/2"
 redis_cluster = true
@@ -208,6 +209,7 @@ fallbacks = ["gpt-4o"]
         ttl_s=60,
         l1_max_entries=10,
         l1_max_bytes=2048,
+        max_entry_bytes=1024,
         l2_enabled=True,
         redis_url="rediss://cache.internal:6380/2",
         redis_cluster=True,
@@ -470,6 +472,14 @@ def test_bad_enums(tmp_path: Path, text: str, message: str) -> None:
         ),
         ("[cache]\nttl_s = 0\n", "edge.toml: cache.ttl_s: expected an integer >= 1, got 0"),
         ("[cache]\nl1_max_bytes = -5\n", "edge.toml: cache.l1_max_bytes: expected an integer >= 1"),
+        (
+            "[cache]\nmax_entry_bytes = 0\n",
+            "edge.toml: cache.max_entry_bytes: expected an integer >= 1, got 0",
+        ),
+        (
+            '[cache]\nmax_entry_bytes = "8M"\n',
+            "edge.toml: cache.max_entry_bytes: expected an integer",
+        ),
         (
             "[routing]\nmax_attempts = 0\n",
             "edge.toml: routing.max_attempts: expected an integer >= 1",
@@ -1007,7 +1017,8 @@ def test_summary_without_file_or_providers() -> None:
     assert text.splitlines()[0] == "config: none (environment and defaults only)"
     assert "providers: none" in text
     assert "metrics: /metrics on the proxy port only" in text
-    assert "cache: L1 (100000 entries, 256 MiB, ttl 3600s), L2 off, scope key" in text
+    assert ("cache: L1 (100000 entries, 256 MiB, ttl 3600s), entries up to 8 MiB, L2 off, "
+            "scope key") in text
     assert "auth: no keys, anonymous: off" in text
 
 

@@ -6,8 +6,13 @@ import threading
 
 import httpx
 import openai
+import orjson
 import pytest
+from _fake_upstream import FakeUpstream, Reply
+from _scrape import metric
 from _servers import EdgeProcess, MockUpstream, wait_until
+
+from edge.app import _with_metadata
 
 
 def provider_toml(mock: MockUpstream, extra: str = "") -> str:
@@ -175,26 +180,40 @@ def test_embeddings_cached(stack) -> None:
 
 
 def test_identical_requests_in_flight_coalesce(stack) -> None:
+    """One upstream call; the followers are hits everywhere: header, metadata, hits{l1},
+    never misses, and each saved the leader's cost."""
     edge, mock = stack
+    n = 8
     before = upstream_calls(mock)
+    counters = ("llm_edge_cache_misses_total", "llm_edge_cache_hits_total",
+                "llm_edge_cost_saved_usd_total")
+    counted = {name: metric(edge.url, name) for name in counters}
     results: list[httpx.Response] = []
     lock = threading.Lock()
 
     def one() -> None:
-        r = chat(edge, "!mock delay_ms=800 coalesce me")
+        r = chat(edge, "!mock delay_ms=1500 coalesce me")
         with lock:
             results.append(r)
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
+    threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert [r.status_code for r in results] == [200] * 8
+    assert [r.status_code for r in results] == [200] * n
     assert upstream_calls(mock) == before + 1
-    caches = sorted(r.headers["x-edge-cache"] for r in results)
-    assert caches.count("miss") == 1
-    assert caches.count("hit-l1") == 7
+    leader = [r for r in results if r.headers["x-edge-cache"] == "miss"]
+    assert len(leader) == 1
+    followers = [r for r in results if r is not leader[0]]
+    assert [r.headers["x-edge-cache"] for r in followers] == ["hit-l1"] * (n - 1)
+    assert [r.json()["metadata"]["cache_tier"] for r in followers] == ["l1"] * (n - 1)
+    cost = float(leader[0].headers["x-edge-cost-usd"])
+    assert cost > 0
+    delta = {name: metric(edge.url, name) - counted[name] for name in counters}
+    assert delta["llm_edge_cache_misses_total"] == 1
+    assert delta["llm_edge_cache_hits_total"] == n - 1
+    assert delta["llm_edge_cost_saved_usd_total"] == pytest.approx((n - 1) * cost, rel=1e-6)
 
 
 def test_followers_get_the_leaders_error(stack) -> None:
@@ -291,3 +310,65 @@ def test_cache_metrics(stack) -> None:
     assert saved
     assert float(saved[0].rsplit(" ", 1)[1]) > 0
     assert "llm_edge_cache_latency_seconds_bucket" in text
+
+
+def test_a_200_that_is_not_an_answer_is_502_and_never_cached(tmp_path) -> None:
+    """An upstream 200 `{}` is refused like invalid JSON (SPEC §4: 502), on every endpoint
+    and for JSON and SSE clients alike, and a repeat goes upstream again (nothing stored)."""
+    fake = FakeUpstream(lambda path, body: Reply(b"{}"))
+    config = f"""
+[routing]
+breaker_failures = 1000   # every answer here fails; the breaker is not under test
+
+[[providers]]
+name = "empty"
+kind = "openai"
+base_url = "{fake.url}/v1"
+api_key = "env:MOCK_KEY"
+models = ["gpt-*", "text-embedding-*"]
+
+[[providers]]
+name = "empty-claude"
+kind = "anthropic"
+base_url = "{fake.url}"
+api_key = "env:MOCK_KEY"
+models = ["claude-*"]
+"""
+    edge = EdgeProcess(tmp_path, config=config, env=ENV)
+    try:
+        messages = [{"role": "user", "content": "empty answer"}]
+        asks = [
+            ("/v1/chat/completions", {"model": "gpt-4o", "messages": messages}),
+            ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "empty answer"}),
+            ("/v1/messages", {"model": "claude-3-5-haiku-latest", "max_tokens": 16,
+                              "messages": messages}),
+        ]
+        for path, body in asks:
+            for attempt in range(2):
+                r = httpx.post(f"{edge.url}{path}", json=body, timeout=30)
+                assert r.status_code == 502, (path, attempt, r.text)
+                error = r.json()["error"]
+                assert error["type"] == ("api_error" if path == "/v1/messages"
+                                         else "upstream_error")
+                assert "x-edge-cache" not in r.headers
+        # one call per attempt (max_attempts = 3 on the single candidate), none cached
+        assert fake.count("/v1/chat/completions") == 6
+        assert fake.count("/v1/embeddings") == 6
+        assert fake.count("/v1/messages") == 6
+        # an SSE client of the same question is not served a replay of `{}` (only [DONE])
+        with httpx.stream("POST", f"{edge.url}/v1/chat/completions",
+                          json={**asks[0][1], "stream": True}, timeout=30) as r:
+            r.read()
+        assert r.status_code == 502
+        assert b"[DONE]" not in r.content
+        text = httpx.get(f"{edge.url}/metrics").text
+        assert 'llm_edge_cache_hits_total{tier="l1"} 0.0' in text
+    finally:
+        edge.stop()
+        fake.close()
+
+
+@pytest.mark.parametrize("answer", [{}, {"id": "x"}, {"choices": [{"index": 0}], "usage": {}}])
+def test_metadata_splice_is_valid_json_for_any_object(answer: dict) -> None:
+    spliced = orjson.loads(_with_metadata(orjson.dumps(answer), b'{"cached":true}'))
+    assert spliced == {**answer, "metadata": {"cached": True}}

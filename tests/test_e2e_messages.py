@@ -3,6 +3,8 @@ and to an OpenAI-kind model (translated both ways), streaming and tools included
 
 from __future__ import annotations
 
+import re
+
 import anthropic
 import httpx
 import pytest
@@ -185,6 +187,17 @@ def test_upstream_failure_mid_stream_ends_with_error_event(stack) -> None:
     assert r.status_code == 200
     assert "event: error" in text
     assert "event: message_stop" not in text
+
+
+def test_translated_stream_message_ids_are_random_and_unique(client: anthropic.Anthropic) -> None:
+    """A translated stream names its message itself; ids from a clock and id() repeated."""
+    ids = []
+    for i in range(6):
+        with client.messages.stream(model="gpt-4o-mini", max_tokens=20, messages=[
+                {"role": "user", "content": f"id {i}"}]) as s:
+            ids.append(s.get_final_message().id)
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"msg_[0-9a-f]{24}", i) for i in ids), ids
 
 
 def test_key_never_in_output(stack) -> None:
