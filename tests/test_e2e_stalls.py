@@ -187,45 +187,22 @@ def fakes() -> Iterator[tuple[Fake, Fake]]:
 
 
 STALLS = """
-timeout_s = {timeout}
+timeout_s = 2
 first_byte_timeout_s = 1
 stream_idle_timeout_s = 1"""
 
 
-def config(slow: Fake, backup: Fake, routing: str, slow_extra: str = STALLS.format(timeout=2),
-           backup_extra: str = "") -> str:
+def config(slow: Fake, backup: Fake, routing: str, slow_extra: str = STALLS) -> str:
     """slow, then backup, for each kind; the solo-* models only the slow one serves."""
-    return f"""
-[cache]
-enabled = false
-
-[routing]
-{routing}
-
-[[providers]]
-name = "slow"
-kind = "openai"
-base_url = "{slow.url}/v1"
-models = ["gpt-*", "solo-gpt"]{slow_extra}
-
-[[providers]]
-name = "backup"
-kind = "openai"
-base_url = "{backup.url}/v1"
-models = ["gpt-*"]{backup_extra}
-
-[[providers]]
-name = "slow-claude"
-kind = "anthropic"
-base_url = "{slow.url}"
-models = ["claude-*", "solo-claude"]{slow_extra}
-
-[[providers]]
-name = "backup-claude"
-kind = "anthropic"
-base_url = "{backup.url}"
-models = ["claude-*"]{backup_extra}
-"""
+    tables = []
+    for suffix, kind, path in (("", "openai", "/v1"), ("-claude", "anthropic", "")):
+        family = "claude" if suffix else "gpt"
+        for name, fake, models, extra in (
+                ("slow", slow, f'["{family}-*", "solo-{family}"]', slow_extra),
+                ("backup", backup, f'["{family}-*"]', "")):
+            tables.append(f'[[providers]]\nname = "{name}{suffix}"\nkind = "{kind}"\n'
+                          f'base_url = "{fake.url}{path}"\nmodels = {models}{extra}\n')
+    return "[cache]\nenabled = false\n\n[routing]\n" + routing + "\n\n" + "\n".join(tables)
 
 
 # (door, model with a backup, model without one, slow provider, backup provider)
