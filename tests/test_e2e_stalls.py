@@ -208,7 +208,9 @@ def config(slow: Fake, backup: Fake, routing: str, slow_extra: str = STALLS) -> 
 # (door, model with a backup, model without one, slow provider, backup provider)
 DOORS = [("/v1/chat/completions", "gpt-4o", "solo-gpt", "slow", "backup"),
          ("/v1/messages", "claude-3-5-haiku", "solo-claude", "slow-claude", "backup-claude")]
-DOOR_IDS = ["chat", "messages"]
+EACH_DOOR = pytest.mark.parametrize(("door", "model", "solo", "slow_name", "backup_name"),
+                                    DOORS, ids=["chat", "messages"])
+JSON_AND_SSE = pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +255,8 @@ def assert_timeout_error(response: httpx.Response, door: str) -> None:
 # -- stalls before the headers ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-@pytest.mark.parametrize(("door", "model", "solo", "slow_name", "backup_name"), DOORS,
-                         ids=DOOR_IDS)
+@JSON_AND_SSE
+@EACH_DOOR
 def test_no_headers_in_first_byte_timeout_fails_over(
         stalls_edge: EdgeProcess, fakes: tuple[Fake, Fake], door: str, model: str, solo: str,
         slow_name: str, backup_name: str, stream: bool) -> None:
@@ -267,9 +268,8 @@ def test_no_headers_in_first_byte_timeout_fails_over(
     assert fakes[1].count() == before + 1
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-@pytest.mark.parametrize(("door", "model", "solo", "slow_name", "backup_name"), DOORS,
-                         ids=DOOR_IDS)
+@JSON_AND_SSE
+@EACH_DOOR
 def test_no_headers_and_no_other_candidate_is_504(
         stalls_edge: EdgeProcess, door: str, model: str, solo: str, slow_name: str,
         backup_name: str, stream: bool) -> None:
@@ -280,8 +280,7 @@ def test_no_headers_and_no_other_candidate_is_504(
 # -- stalls after the headers ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("door", "model", "solo", "slow_name", "backup_name"), DOORS,
-                         ids=DOOR_IDS)
+@EACH_DOOR
 def test_json_trickled_past_timeout_is_504(
         stalls_edge: EdgeProcess, door: str, model: str, solo: str, slow_name: str,
         backup_name: str) -> None:
@@ -290,8 +289,7 @@ def test_json_trickled_past_timeout_is_504(
     assert_timeout_error(response, door)
 
 
-@pytest.mark.parametrize(("door", "model", "solo", "slow_name", "backup_name"), DOORS,
-                         ids=DOOR_IDS)
+@EACH_DOOR
 def test_stream_silent_between_events_ends_with_error_event(
         stalls_edge: EdgeProcess, door: str, model: str, solo: str, slow_name: str,
         backup_name: str) -> None:
@@ -329,8 +327,7 @@ def hedge_edge(fakes: tuple[Fake, Fake],
     proc.stop()
 
 
-@pytest.mark.parametrize(("door", "model", "solo", "slow_name", "backup_name"), DOORS,
-                         ids=DOOR_IDS)
+@EACH_DOOR
 def test_headers_at_once_and_a_slow_body_is_not_hedged(
         hedge_edge: EdgeProcess, fakes: tuple[Fake, Fake], door: str, model: str, solo: str,
         slow_name: str, backup_name: str) -> None:
@@ -342,9 +339,8 @@ def test_headers_at_once_and_a_slow_body_is_not_hedged(
     assert metric(hedge_edge, "llm_edge_hedges_total") == hedges
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-@pytest.mark.parametrize(("door", "model", "solo", "slow_name", "backup_name"), DOORS,
-                         ids=DOOR_IDS)
+@JSON_AND_SSE
+@EACH_DOOR
 def test_no_headers_in_hedge_after_ms_is_hedged(
         hedge_edge: EdgeProcess, fakes: tuple[Fake, Fake], door: str, model: str, solo: str,
         slow_name: str, backup_name: str, stream: bool) -> None:
