@@ -196,12 +196,19 @@ class ProviderConfig:
     base_url: str
     api_key: str | None = field(repr=False)
     models: tuple[str, ...]
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # a whole JSON answer, headers and body
     max_connections: int = 256
     anthropic_version: str = "2023-06-01"
+    first_byte_timeout_s: float | None = None  # an answer's headers; None: timeout_s
+    stream_idle_timeout_s: float = 60.0  # silence between two events of a stream
 
     def __repr__(self) -> str:
         return _masked_repr(self, "base_url")
+
+    @property
+    def first_byte_s(self) -> float:
+        """The wait allowed for an answer's headers (SPEC §10: default `timeout_s`)."""
+        return self.timeout_s if self.first_byte_timeout_s is None else self.first_byte_timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,6 +622,8 @@ _PROVIDER_KEYS: Final = (
     "timeout_s",
     "max_connections",
     "anthropic_version",
+    "first_byte_timeout_s",
+    "stream_idle_timeout_s",
 )
 _MODEL_KEYS: Final = ("input_per_mtok", "output_per_mtok", "fallbacks", "deployments")
 
@@ -792,7 +801,8 @@ def _parse_provider(
         if not ref.startswith("env:"):
             warnings.append(f"{path}.api_key: literal secret in config file; prefer env:NAME")
     extra: dict[str, Any] = {}
-    _field(table, "timeout_s", lambda v, w: _check_float(v, w, positive=True), file, path, extra)
+    for key in ("timeout_s", "first_byte_timeout_s", "stream_idle_timeout_s"):
+        _field(table, key, lambda v, w: _check_float(v, w, positive=True), file, path, extra)
     _field(table, "max_connections", lambda v, w: _check_int(v, w, lo=1), file, path, extra)
     if "anthropic_version" in table:
         where = f"{at}.anthropic_version"
@@ -1215,6 +1225,10 @@ def _provider_extras(p: ProviderConfig) -> str:
     extras = []
     if p.timeout_s != _PROVIDER_DEFAULTS.timeout_s:
         extras.append(f"timeout {_fmt_seconds(p.timeout_s)}")
+    if p.first_byte_timeout_s is not None:
+        extras.append(f"first byte {_fmt_seconds(p.first_byte_timeout_s)}")
+    if p.stream_idle_timeout_s != _PROVIDER_DEFAULTS.stream_idle_timeout_s:
+        extras.append(f"stream idle {_fmt_seconds(p.stream_idle_timeout_s)}")
     if p.max_connections != _PROVIDER_DEFAULTS.max_connections:
         extras.append(f"{p.max_connections} connections")
     if p.kind == "anthropic" and p.anthropic_version != _PROVIDER_DEFAULTS.anthropic_version:

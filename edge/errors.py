@@ -11,6 +11,7 @@
     ├── RateLimited                429 rate_limit_error (Retry-After)
     ├── BudgetExceeded             429 insufficient_quota (Retry-After unless it never resets)
     ├── ServiceUnavailable         503 service_unavailable (Retry-After when known)
+    │   └── PoolExhausted          503 edge's own connection limit for a provider is reached
     └── UpstreamError              502 upstream_error
         ├── UpstreamStatus         the upstream's own status (a 4xx passed through, or a
         │                          retryable 5xx/429 that ran out of attempts)
@@ -43,6 +44,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "PoolExhausted",
     "RateLimited",
     "RequestTimeout",
     "ServiceUnavailable",
@@ -146,6 +148,19 @@ class ServiceUnavailable(EdgeError):
     type = "service_unavailable"
 
 
+class PoolExhausted(ServiceUnavailable):
+    """Every connection edge may open to a provider (`max_connections`) stayed busy.
+
+    This is edge's own limit, not the provider failing: it never feeds the provider's
+    circuit breaker nor its error count, and the client is told to come back shortly.
+    """
+
+    default_code = "upstream_pool_exhausted"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1.0)
+
+
 class UpstreamError(EdgeError):
     """The upstream could not give a usable answer. `retryable` drives failover."""
 
@@ -227,6 +242,7 @@ _ANTHROPIC_TYPES = {
     429: "rate_limit_error",
     431: "invalid_request_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 

@@ -6,19 +6,26 @@ Theory of operation
 -------------------
 The plan is the ranked candidate list (`Router.plan`). Attempts walk it in order and wrap
 round to the first after a backoff that honours Retry-After (capped), up to
-`max_attempts`. Each attempt first asks the provider's breaker (`acquire`): a provider
-whose circuit opened meanwhile is skipped without counting, and a half-open one admits a
-single probe. The outcome feeds the breaker and the deployment's latency EWMA.
+`max_attempts`; the backoff is slept only before an attempt that will happen. Each
+attempt first asks the provider's breaker (`acquire`): a provider whose circuit opened
+meanwhile is skipped without counting, and a half-open one admits a single probe. The
+outcome feeds the breaker and the deployment's latency EWMA, which measures time to first
+byte: the provider reports the answer's headers through `HEADERS_ARRIVED`, a callback
+each attempt installs for its own task.
+
+edge's own connection limit being reached (`PoolExhausted`) is no verdict on the provider:
+it is released like a cancellation and answered as 503 at once.
 
 Only retryable failures move on (statuses in `retry_on`, connection errors, timeouts); an
 upstream answer such as a 400 for a bad parameter is returned to the client at once and
 counts as the provider being up.
 
-Hedging (`hedge_after_ms > 0`): if the running attempt has produced nothing in that time,
-the next candidate starts beside it in the same nursery (each candidate at most once: a
-hedge never wraps round to one that may still be running); the first good answer wins and
-cancelling the nursery cancels the others, which closes their upstream connections. A
-successful answer that lost the race is handed to `discard` (a stream must be closed).
+Hedging (`hedge_after_ms > 0`): if no running attempt has had its answer's headers in that
+time (SPEC §10: headers at once and a slow body is an answer), the next candidate starts
+beside it in the same nursery (each candidate at most once: a hedge never wraps round to
+one that may still be running); the first good answer wins and cancelling the nursery
+cancels the others, which closes their upstream connections. A successful answer that
+lost the race is handed to `discard` (a stream must be closed).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from .config import RoutingConfig
 from .errors import EdgeError, ServiceUnavailable, UpstreamError, UpstreamStatus
 from .fastpath import BREAKER_CLOSED
 from .metrics import Metrics
+from .providers.base import HEADERS_ARRIVED
 from .routing import Deployment
 from .tracing import Tracing
 
@@ -78,11 +86,11 @@ class Attempts(Generic[T]):
 
     # -- one attempt, with the breaker and stats bookkeeping -------------------------
 
-    async def _try(self, dep: Deployment) -> T:
+    async def _try(self, dep: Deployment, on_headers: Callable[[], None] | None = None) -> T:
         with self.tracing.span("upstream.attempt", provider=dep.provider.name, model=dep.model,
                                attempt=self.started) as span:
             try:
-                answer = await self._try_untraced(dep)
+                answer = await self._try_untraced(dep, on_headers)
             except UpstreamError as error:
                 span.set("status", error.status)
                 span.error(error.message)
@@ -93,19 +101,32 @@ class Attempts(Generic[T]):
             span.set("status", 200)
             return answer
 
-    async def _try_untraced(self, dep: Deployment) -> T:
+    async def _try_untraced(self, dep: Deployment, on_headers: Callable[[], None] | None) -> T:
         self.tried += 1
         began = time.monotonic()
+        headers_at = 0.0
+
+        def arrived() -> None:
+            nonlocal headers_at
+            if not headers_at:
+                headers_at = time.monotonic()
+                if on_headers is not None:
+                    on_headers()
+
+        token = HEADERS_ARRIVED.set(arrived)
         try:
             answer = await self.attempt(dep)
         except UpstreamError as error:
             self._failed(dep, error)
             raise
         except BaseException:
-            dep.breaker.release(time.monotonic())  # cancelled: no verdict on the provider
+            # cancelled, or edge's own pool was full: no verdict on the provider
+            dep.breaker.release(time.monotonic())
             raise
+        finally:
+            HEADERS_ARRIVED.reset(token)
         now = time.monotonic()
-        dep.stats.observe(now - began)
+        dep.stats.observe((headers_at or now) - began)
         if not self.deferred:
             dep.breaker.success(now)
             self._circuit_gauge(dep, now)
@@ -137,11 +158,13 @@ class Attempts(Generic[T]):
         opened = dep.breaker.state(now) != BREAKER_CLOSED
         m.child(m.circuit_open, dep.provider.name).set(1 if opened else 0)
 
+    def _turns_left(self) -> bool:
+        return self.started < max(1, self.routing.max_attempts)
+
     def _next(self) -> Deployment | None:
         """The next candidate whose breaker admits an attempt, or None when none is left."""
-        total = max(1, self.routing.max_attempts)
         skipped = 0
-        while self.started < total and skipped < len(self.plan):
+        while self._turns_left() and skipped < len(self.plan):
             dep = self.plan[self.started % len(self.plan)]
             if dep.breaker.acquire(time.monotonic()):
                 return dep
@@ -167,7 +190,7 @@ class Attempts(Generic[T]):
 
     async def _sequential(self) -> tuple[T, Deployment]:
         while True:
-            if self._wraps() and self.last is not None:
+            if self._wraps() and self.last is not None and self._turns_left():
                 await trio.sleep(self._backoff())
             dep = self._next()
             if dep is None:
@@ -183,19 +206,20 @@ class Attempts(Generic[T]):
 
     async def _race(self) -> tuple[T, Deployment]:
         hedge_after = self.routing.hedge_after_ms / 1000.0
-        send, receive = trio.open_memory_channel[tuple[Deployment, Any, BaseException | None]](
-            math.inf)
+        send, receive = trio.open_memory_channel[
+            tuple[Deployment, int, Any, BaseException | None]](math.inf)
         winner: tuple[T, Deployment] | None = None
         fatal: EdgeError | None = None
         running = 0
+        heard: set[int] = set()  # running attempts (by turn) whose answer's headers arrived
 
-        async def attempt_task(dep: Deployment) -> None:
+        async def attempt_task(dep: Deployment, turn: int) -> None:
             try:
-                answer = await self._try(dep)
+                answer = await self._try(dep, lambda: heard.add(turn))
             except Exception as exc:  # every outcome goes back to the race as a message
-                send.send_nowait((dep, None, exc))
+                send.send_nowait((dep, turn, None, exc))
             else:
-                send.send_nowait((dep, answer, None))
+                send.send_nowait((dep, turn, answer, None))
 
         async with trio.open_nursery() as nursery:
             def launch() -> bool:
@@ -205,7 +229,7 @@ class Attempts(Generic[T]):
                     return False
                 self.started += 1
                 running += 1
-                nursery.start_soon(attempt_task, dep)
+                nursery.start_soon(attempt_task, dep, self.started)
                 return True
 
             if not launch():
@@ -214,17 +238,18 @@ class Attempts(Generic[T]):
                 outcome = None
                 # Hedges race the plan's other candidates, once each: a hedge never wraps
                 # round to a candidate whose first call may still be running.
-                can_hedge = running > 0 and self.started < len(self.plan)
+                can_hedge = running > 0 and self.started < len(self.plan) and not heard
                 with trio.move_on_after(hedge_after if can_hedge else math.inf):
                     outcome = await receive.receive()
-                if outcome is None:  # nothing yet from the running attempts: hedge
-                    if launch():
+                if outcome is None:  # no outcome yet: hedge, unless an answer is on its way
+                    if not heard and launch():
                         m = self.metrics
                         m.child(m.hedges, self.plan[(self.started - 1) % len(self.plan)]
                                 .provider.name).inc()
                     continue
                 running -= 1
-                dep, answer, error = outcome
+                dep, turn, answer, error = outcome
+                heard.discard(turn)
                 if error is None:
                     winner = (answer, dep)
                     break
@@ -235,14 +260,14 @@ class Attempts(Generic[T]):
                 self.last = error
                 self._moved_on(dep)
                 if running == 0:
-                    if self._wraps():
+                    if self._wraps() and self._turns_left():
                         await trio.sleep(self._backoff())
                     if not launch():
                         break
             nursery.cancel_scope.cancel()  # the winner (or the end) cancels the others
         # Answers that finished while we were deciding lost the race: release them.
         send.close()
-        async for dep, answer, error in receive:
+        async for dep, _, answer, error in receive:
             if error is None and self.discard is not None:
                 with trio.CancelScope(shield=True):
                     await self.discard(answer)

@@ -288,23 +288,32 @@ class _OriginPool:
         read_timeout: _Timeout,
         write_timeout: _Timeout,
         pool_timeout: _Timeout,
+        head_timeout: _Timeout = None,
     ) -> httpx.Response:
-        """Admit, check out a connection, exchange; on any failure free what was taken."""
+        """Admit, check out a connection, exchange; on any failure free what was taken.
+
+        `head_timeout` bounds everything from admission to the response head (connect,
+        send, the upstream's think time), so a wait for a pool permit never counts in it.
+        """
         await self._acquire(pool_timeout)
         conn: _Connection | None = None
         try:
-            conn = await self._checkout(connect_timeout)
-            body = _replayable_body(request)
-            try:
-                event = await _exchange(conn, request, body, read_timeout, write_timeout)
-            except httpx.WriteError:
-                # The request did not get out whole, so the server cannot have acted on it.
-                if not conn.reused or body is None:
-                    raise
-                stale, conn = conn, None
-                await self._drop(stale)
-                conn = await self._open(connect_timeout)
-                event = await _exchange(conn, request, body, read_timeout, write_timeout)
+            with trio.move_on_after(math.inf if head_timeout is None else head_timeout) as head:
+                conn = await self._checkout(connect_timeout)
+                body = _replayable_body(request)
+                try:
+                    event = await _exchange(conn, request, body, read_timeout, write_timeout)
+                except httpx.WriteError:
+                    # The request did not get out whole, so the server cannot have acted on it.
+                    if not conn.reused or body is None:
+                        raise
+                    stale, conn = conn, None
+                    await self._drop(stale)
+                    conn = await self._open(connect_timeout)
+                    event = await _exchange(conn, request, body, read_timeout, write_timeout)
+            if head.cancelled_caught:
+                raise httpx.ReadTimeout(f"no response head from {self.label} in {head_timeout}s")
+            assert conn is not None  # the block above ran to its end
             return httpx.Response(
                 event.status_code,
                 headers=event.headers.raw_items(),
@@ -486,6 +495,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     timeouts.get("read"),
                     timeouts.get("write"),
                     timeouts.get("pool"),
+                    timeouts.get("head"),
                 )
             return await pool.request(request, self._connect_timeout, None, None, None)
         except httpx.RequestError as exc:

@@ -582,10 +582,11 @@ def test_provider_key_not_in_log(stack: tuple[EdgeProcess, MockUpstream, CannedU
 RETRY_ON = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def _provider(url: str, *, timeout_s: float = 10.0,
+def _provider(url: str, *, timeout_s: float = 10.0, stream_idle_timeout_s: float = 60.0,
               retry_on: frozenset[int] = RETRY_ON) -> AnthropicProvider:
     config = ProviderConfig(name="direct", kind="anthropic", base_url=url, api_key=PROVIDER_KEY,
-                            models=("claude-*",), timeout_s=timeout_s)
+                            models=("claude-*",), timeout_s=timeout_s,
+                            stream_idle_timeout_s=stream_idle_timeout_s)
     provider = make_provider(config, httpx.AsyncHTTPTransport(), retry_on)
     assert isinstance(provider, AnthropicProvider)
     return provider
@@ -702,8 +703,8 @@ async def test_native_stream_error_event(canned_provider: AnthropicProvider) -> 
     assert caught.value.status == 502
 
 
-async def test_native_stream_read_timeout(upstreams: tuple[MockUpstream, CannedUpstream]) -> None:
-    provider = _provider(upstreams[0].url, timeout_s=0.5)
+async def test_native_stream_idle_timeout(upstreams: tuple[MockUpstream, CannedUpstream]) -> None:
+    provider = _provider(upstreams[0].url, stream_idle_timeout_s=0.5)
     try:
         body = _native("!mock chunk_delay_ms=5000 slow")
         stream = await provider.open_messages_stream(body, body["model"], None)

@@ -162,6 +162,8 @@ api_key = "env:OPENAI_API_KEY"
 models = ["gpt-4o*", "gpt-4*"]
 timeout_s = 30
 max_connections = 8
+first_byte_timeout_s = 5
+stream_idle_timeout_s = 20
 
 [[providers]]
 name = "anthropic"
@@ -233,7 +235,14 @@ fallbacks = ["gpt-4o"]
         models=("gpt-4o*", "gpt-4*"),
         timeout_s=30.0,
         max_connections=8,
+        first_byte_timeout_s=5.0,
+        stream_idle_timeout_s=20.0,
     )
+    assert openai.first_byte_s == 5.0
+    # SPEC §10 defaults: the head waits as long as timeout_s, a stream's silence 60 s
+    assert anthropic.first_byte_timeout_s is None
+    assert anthropic.first_byte_s == anthropic.timeout_s == 120.0
+    assert anthropic.stream_idle_timeout_s == 60.0
     assert anthropic.base_url == "https://api.anthropic.com"  # default for the kind
     assert anthropic.anthropic_version == "2024-01-01"
     assert list(config.models) == ["gpt-4o", "fast"]
@@ -536,6 +545,14 @@ def test_value_checks(tmp_path: Path, text: str, message: str) -> None:
         (
             'name = "x"\nkind = "openai"\nmodels = ["*"]\ntimeout_s = 0',
             "providers[0].timeout_s: expected a number > 0",
+        ),
+        (
+            'name = "x"\nkind = "openai"\nmodels = ["*"]\nfirst_byte_timeout_s = 0',
+            "providers[0].first_byte_timeout_s: expected a number > 0",
+        ),
+        (
+            'name = "x"\nkind = "openai"\nmodels = ["*"]\nstream_idle_timeout_s = "5"',
+            "providers[0].stream_idle_timeout_s: expected a number, got \"5\"",
         ),
         (
             'name = "x"\nkind = "openai"\nmodels = ["*"]\nmax_connections = 0',

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from _redis import free_port
 from _servers import EdgeProcess
@@ -32,7 +33,14 @@ FRAGMENTS = ("SECRET-openai", "SECRET-anthropic", "SECRET-redis", "SECRET-91b0d2
 
 # Directives, chosen by the last user message; each makes the upstream echo the credential.
 DIRECTIVES = ("echo-400", "echo-500", "echo-429", "echo-fields", "echo-plain", "echo-stream",
-              "echo-answer")
+              "echo-answer", "echo-escaped")
+# Stands for the credential in a JSON text that writes it JSON-escaped (\uXXXX), so the raw
+# bytes never contain it and only decoding brings it back.
+MARK = "@CREDENTIAL@"
+
+
+def escaped(secret: str) -> str:
+    return "".join(f"\\u{ord(ch):04x}" for ch in secret)
 
 
 def leaks(text: str) -> list[str]:
@@ -66,6 +74,8 @@ class EchoUpstream(BaseHTTPRequestHandler):
             self.send(400, "text/plain", echo.encode())
         elif directive == "echo-stream" and body.get("stream"):
             self.stream_error(anthropic, echo)
+        elif directive == "echo-escaped":
+            self.escaped_error(anthropic, bool(body.get("stream")), secret or "")
         elif directive == "echo-answer":  # a normal answer whose text holds the credential
             self.answer(anthropic, body, bool(body.get("stream")), f"fine, {echo}")
         else:
@@ -138,6 +148,28 @@ class EchoUpstream(BaseHTTPRequestHandler):
                                             "finish_reason": None}]}
         error = {"error": {"message": echo, "type": "server_error"}}
         self.send_sse(f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(error)}\n\n".encode())
+
+    def escaped_error(self, anthropic: bool, stream: bool, secret: str) -> None:
+        """An error (a JSON body, or a stream's error event) with the credential JSON-escaped
+        in every field: message, type, param, code."""
+        fields = {"message": f"denied for {MARK}", "type": f"t-{MARK}", "param": f"p-{MARK}",
+                  "code": f"c-{MARK}"}
+        error = {"type": "error", "error": fields} if anthropic else {"error": fields}
+        text = json.dumps(error).replace(MARK, escaped(secret))
+        if not stream:
+            self.send(400, "application/json", text.encode())
+        elif anthropic:
+            start = {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": 3, "output_tokens": 0}}}
+            self.send_sse(f"event: message_start\ndata: {json.dumps(start)}\n\n"
+                          f"event: error\ndata: {text}\n\n".encode())
+        else:
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                     "model": "m", "choices": [{"index": 0, "delta": {"content": "par"},
+                                                "finish_reason": None}]}
+            self.send_sse(f"data: {json.dumps(chunk)}\n\ndata: {text}\n\n".encode())
 
     def send_sse(self, payload: bytes) -> None:
         self.send(200, "text/event-stream", payload)
@@ -248,11 +280,31 @@ def test_upstream_echo_never_reaches_the_client(edge: EdgeProcess, path: str, mo
         assert "Headers received" in response.text  # the error event reached the client
     elif directive == "echo-stream":
         assert response.status_code == 200  # not streamed: the upstream answered normally
+    elif directive == "echo-escaped":
+        # the error reached the client (as a status, or as the stream's last event) with
+        # the decoded credential taken out
+        assert response.status_code == (200 if stream else 400), response.text
+        assert "[redacted]" in response.text
     elif directive == "echo-answer":
         assert response.status_code == 200, response.text
         assert "Headers received: credential=" in response.text  # the echo came through
     else:
         assert response.status_code == 400, response.text
+
+
+@pytest.mark.parametrize("model", ["claude-3-5-haiku", "gpt-4o"])
+def test_escaped_stream_error_through_the_openai_sdk(edge: EdgeProcess, model: str) -> None:
+    client = openai.OpenAI(base_url=f"{edge.url}/v1", api_key=CLIENT_KEY, max_retries=0,
+                           timeout=30)
+    stream = client.chat.completions.create(
+        model=model, stream=True, messages=[{"role": "user", "content": "please echo-escaped"}],
+        extra_headers={"cache-control": "no-store"})
+    with pytest.raises(openai.APIError) as caught:
+        for _ in stream:
+            pass
+    error = caught.value
+    assert "[redacted]" in str(error) or "[redacted]" in json.dumps(error.body)
+    assert leaks(f"{error} {error!r} {json.dumps(error.body)}") == []
 
 
 def test_normal_answers_still_flow(edge: EdgeProcess) -> None:

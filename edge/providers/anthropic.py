@@ -68,8 +68,7 @@ class AnthropicProvider(Provider):
         self._check_endpoint(endpoint)
         payload = openai_request_to_anthropic(body, model)
         payload.pop("stream", None)
-        response = await self.send(self._request(orjson.dumps(payload), stream=False))
-        message = await self.read_json(response)
+        message = await self.answer_json(self._request(orjson.dumps(payload), stream=False))
         return anthropic_response_to_openai(message, model, created=int(time.time()))
 
     async def open_stream(
@@ -106,8 +105,7 @@ class AnthropicProvider(Provider):
         """The upstream's message JSON for an Anthropic-format request, untranslated."""
         if body.get("stream"):
             body, raw = {k: v for k, v in body.items() if k != "stream"}, None
-        response = await self.send(self._request(_content(body, model, raw), stream=False))
-        return await self.read_json(response)
+        return await self.answer_json(self._request(_content(body, model, raw), stream=False))
 
     async def open_messages_stream(
         self, body: dict[str, Any], model: str, raw: bytes | None
@@ -213,13 +211,13 @@ def _event_object(data: bytes) -> dict[str, Any] | None:
 
 
 def _error_mark(provider: Provider, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The queue item `_OrderedErrorStream` raises: the upstream's message, key redacted."""
+    """The queue item `_OrderedErrorStream` raises: the upstream's error, key redacted."""
     error = event.get("error")
     message = error.get("message") if isinstance(error, Mapping) else None
     kind = error.get("type") if isinstance(error, Mapping) else None
     text = message if isinstance(message, str) and message else "upstream stream error"
     code = kind if isinstance(kind, str) else None
-    return {"error": UpstreamError(provider.redact(text), code=code)}
+    return {"error": provider.scrub(UpstreamError(text, code=code))}
 
 
 def _content(body: dict[str, Any], model: str, raw: bytes | None) -> bytes:

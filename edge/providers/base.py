@@ -4,19 +4,37 @@ An adapter turns an OpenAI-format request into an `httpx.Request`, sends it thro
 httpx transport (`handle_async_request`, no AsyncClient middleware), and turns the answer
 back into OpenAI format. Every httpx exception is translated here into an `Upstream*`
 error; nothing above this layer catches httpx types.
+
+Deadlines (SPEC §10 "Stalled upstreams"), all cancel scopes or transport timeouts:
+
+* `first_byte_timeout_s` bounds the wait for a free connection and, from there, the wait
+  for the answer's headers (a timeout: the next candidate is tried);
+* `timeout_s` bounds a whole JSON answer, headers and body, from the request's start;
+* `stream_idle_timeout_s` bounds the silence between two events of a stream.
+
+Every error built from upstream data goes through `Provider.scrub`, after decoding, so a
+provider key the upstream echoes (even JSON-escaped) never reaches a client in any field.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
 import orjson
+import trio
 
 from ..config import ProviderConfig
-from ..errors import UpstreamConnectError, UpstreamError, UpstreamStatus, UpstreamTimeout
+from ..errors import (
+    PoolExhausted,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from ..sse import SSEError, SSEParser
 
 MAX_ERROR_BODY = 64 * 1024
@@ -24,6 +42,11 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 # One SSE event (name, data) -> (OpenAI chunks to emit, whether the stream is complete).
 Decoder = Callable[[str | None, bytes], tuple[list[dict[str, Any]], bool]]
+
+# Set by the attempt running in this task (`failover.Attempts`), called when the answer's
+# headers arrive: the hedge timer and the latency average stop there, not at the body's end.
+HEADERS_ARRIVED: ContextVar[Callable[[], None] | None] = ContextVar(
+    "edge_headers_arrived", default=None)
 
 
 class Provider(ABC):
@@ -46,7 +69,16 @@ class Provider(ABC):
         self._secret = config.api_key or ""
         self._secret_bytes = self._secret.encode()
         t = config.timeout_s
-        self.timeouts = {"connect": min(t, 10.0), "read": t, "write": t, "pool": t}
+        first_byte = config.first_byte_s
+        self.answer_timeout = t
+        self.idle_timeout = config.stream_idle_timeout_s
+        # No per-read timeout: the head, the JSON body and the gaps between stream events
+        # each have their own deadline (module docstring), which a trickle cannot stretch.
+        # The pool wait has its own limit, so edge's queue never passes for the upstream's
+        # slowness (a JSON answer's head must also fit in its whole-answer deadline).
+        self.timeouts = {"connect": min(first_byte, 10.0), "read": None, "write": t,
+                         "pool": first_byte, "head": first_byte}
+        self.json_timeouts = {**self.timeouts, "head": min(first_byte, t)}
 
     @abstractmethod
     async def complete(
@@ -71,15 +103,29 @@ class Provider(ABC):
             text = text.replace(self._secret, "[redacted]")
         return text
 
+    def scrub(self, error: UpstreamError) -> UpstreamError:
+        """`error` with our key taken out of every field a client sees rendered.
+
+        The one redaction for errors built from upstream data (error bodies, error events
+        of either kind), applied to decoded text, where a JSON-escaped key is plain.
+        """
+        if self._secret:
+            for name in ("message", "type", "param", "code"):
+                value = getattr(error, name)
+                if isinstance(value, str):
+                    setattr(error, name, self.redact(value))
+        return error
+
     def redact_bytes(self, data: bytes) -> bytes:
         """The same for an answer or an event as received (one substring search when clean)."""
         if self._secret_bytes and self._secret_bytes in data:
             data = data.replace(self._secret_bytes, b"[redacted]")
         return data
 
-    async def send(self, request: httpx.Request) -> httpx.Response:
+    async def send(self, request: httpx.Request,
+                   timeouts: dict[str, float | None] | None = None) -> httpx.Response:
         """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`."""
-        request.extensions["timeout"] = self.timeouts
+        request.extensions["timeout"] = self.timeouts if timeouts is None else timeouts
         if self.inject is not None:
             trace_headers: list[tuple[str, str]] = []
             self.inject(trace_headers)
@@ -87,6 +133,10 @@ class Provider(ABC):
                 request.headers[name] = value
         try:
             response = await self.transport.handle_async_request(request)
+        except httpx.PoolTimeout:
+            raise PoolExhausted(
+                f"edge's {self.config.max_connections} connection(s) to provider {self.name} "
+                "are all busy; retry shortly.") from None
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(
                 f"provider {self.name} timed out ({type(exc).__name__})") from None
@@ -94,13 +144,31 @@ class Provider(ABC):
             raise UpstreamConnectError(
                 f"provider {self.name} could not be reached ({type(exc).__name__})"
             ) from None
+        arrived = HEADERS_ARRIVED.get()
+        if arrived is not None:
+            arrived()
         if response.status_code >= 400:
-            try:
-                body = await self.read_body(response, MAX_ERROR_BODY)
-            except UpstreamError:
-                body = b""
+            body = b""
+            with trio.move_on_after(self.idle_timeout):
+                try:
+                    body = await self.read_body(response, MAX_ERROR_BODY)
+                except UpstreamError:
+                    pass
             raise self.status_error(response, body)
         return response
+
+    async def answer_json(self, request: httpx.Request) -> dict[str, Any]:
+        """Send `request` and read its JSON answer, all of it within `timeout_s`.
+
+        The head's own limits (pool, head) come from the transport, so a full pool is
+        told apart from a slow upstream; the body must be in by the same deadline.
+        """
+        began = trio.current_time()
+        response = await self.send(request, self.json_timeouts)
+        with trio.move_on_at(began + self.answer_timeout):
+            return await self.read_json(response)
+        raise UpstreamTimeout(
+            f"provider {self.name} did not finish its answer within {self.answer_timeout:g}s")
 
     async def read_body(self, response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes:
         """The whole body, refused as soon as it is known to be over `limit` bytes.
@@ -163,17 +231,18 @@ class Provider(ABC):
             elif isinstance(err, str):
                 message = err
         retry_after = _retry_after(response.headers.get("retry-after"))
-        redact = self.redact
-        return UpstreamStatus(
+        error = UpstreamStatus(
             status,
-            redact(message),
+            message,
             retryable=status in self.retry_on,
-            upstream_type=redact(err_type) if err_type else None,
-            param=redact(param) if param else None,
-            code=redact(code) if code else None,
+            upstream_type=err_type,
+            param=param,
+            code=code,
             retry_after=retry_after,
             provider=self.name,
         )
+        self.scrub(error)
+        return error
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -191,7 +260,9 @@ class ChunkStream:
 
     `decode(event_name, data)` turns one SSE event into chunks (possibly none) and says
     whether it completed the stream. Iteration ends there; an upstream that stops before
-    it raises `UpstreamConnectError`, so a cut stream is never taken for a whole one.
+    it raises `UpstreamConnectError`, so a cut stream is never taken for a whole one, and
+    one silent for `stream_idle_timeout_s` since its last event (or its headers) raises
+    `UpstreamTimeout` after closing the connection.
     """
 
     def __init__(self, response: httpx.Response, provider: Provider, decode: Decoder) -> None:
@@ -205,6 +276,8 @@ class ChunkStream:
         # A decode error is raised only after the chunks decoded before it in the same
         # network read have been handed out, so a client gets the text that preceded it.
         self._error: UpstreamError | None = None
+        self._idle = provider.idle_timeout
+        self._deadline = trio.current_time() + self._idle
 
     def __aiter__(self) -> ChunkStream:
         return self
@@ -228,7 +301,8 @@ class ChunkStream:
     async def _fill(self) -> None:
         name = self.provider.name
         try:
-            data = await self._raw.__anext__()
+            with trio.move_on_at(self._deadline) as idle:
+                data = await self._raw.__anext__()
         except StopAsyncIteration:
             await self.aclose()
             raise UpstreamConnectError(f"provider {name} ended the stream early") from None
@@ -240,8 +314,14 @@ class ChunkStream:
             raise UpstreamConnectError(
                 f"provider {name} broke off the stream ({type(exc).__name__})"
             ) from None
+        if idle.cancelled_caught:  # the transport has dropped the connection already
+            await self.aclose()
+            raise UpstreamTimeout(
+                f"provider {name} sent no event for {self._idle:g}s mid-stream")
         try:
             events = self._parser.feed(data)
+            if events:
+                self._deadline = trio.current_time() + self._idle
             redact = self.provider.redact_bytes
             for event, payload in events:
                 chunks, complete = self._decode(event, redact(payload))
@@ -254,8 +334,7 @@ class ChunkStream:
             self._error = UpstreamError(f"provider {name} sent an invalid event stream")
         except UpstreamError as error:
             # a mid-stream error event may echo our request headers: never pass the key on
-            error.message = self.provider.redact(error.message)
-            self._error = error
+            self._error = self.provider.scrub(error)
         if self._error is not None:
             self._finished = True
             await self.aclose()

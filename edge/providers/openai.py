@@ -47,8 +47,7 @@ class OpenAIProvider(Provider):
         content = self._content(body, model, raw)
         request = httpx.Request("POST", self._urls[endpoint], headers=self._headers,
                                 content=content)
-        response = await self.send(request)
-        return await self.read_json(response)
+        return await self.answer_json(request)
 
     async def open_stream(
         self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
