@@ -19,7 +19,7 @@ them), as are ``top_k``, ``thinking`` and ``cache_control``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge import hub
@@ -145,9 +145,9 @@ def decode_request(body: Mapping[str, Any]) -> hub.Request:
         role = message.get("role")
         content = message.get("content")
         if role == "user":
-            turns.append(hub.Turn("user", _user_parts(content, f"{where}.content"), where))
+            turns.append(hub.Turn("user", _parts(content, f"{where}.content", _USER_BLOCKS), where))
         elif role == "assistant":
-            parts = _assistant_parts(content, f"{where}.content")
+            parts = _parts(content, f"{where}.content", _ASSISTANT_BLOCKS)
             turns.append(hub.Turn("assistant", parts, where))
         else:
             raise bad(f"{where}.role", f"unsupported role {role!r}; expected user or assistant")
@@ -211,28 +211,6 @@ def _image(block: Mapping[str, Any], where: str) -> hub.Image:
     raise bad(f"{where}.type", "expected 'base64' or 'url'")
 
 
-def _user_parts(content: object, where: str) -> tuple[hub.Part, ...]:
-    if isinstance(content, str):
-        return (hub.Text(content),)
-    if not isinstance(content, list):
-        raise bad(where, "expected a string or a list of content blocks")
-    parts: list[hub.Part] = []
-    for j, block in enumerate(content):
-        at = f"{where}[{j}]"
-        if not isinstance(block, Mapping):
-            raise bad(at, "expected an object")
-        kind = block.get("type")
-        if kind == "text":
-            parts.append(_text(block, at))
-        elif kind == "image":
-            parts.append(_image(block, at))
-        elif kind == "tool_result":
-            parts.append(_tool_result(block, at))
-        else:
-            raise bad(f"{at}.type", f"content block type {kind!r} is not supported for this model")
-    return tuple(parts)
-
-
 def _tool_result(block: Mapping[str, Any], where: str) -> hub.ToolResult:
     call_id = nonempty(block.get("tool_use_id"), f"{where}.tool_use_id")
     is_error = block.get("is_error") is True
@@ -254,7 +232,35 @@ def _tool_result(block: Mapping[str, Any], where: str) -> hub.ToolResult:
     return hub.ToolResult(call_id, tuple(items), is_error, where)
 
 
-def _assistant_parts(content: object, where: str) -> tuple[hub.Part, ...]:
+def _tool_use(block: Mapping[str, Any], where: str) -> hub.ToolCall:
+    call_id = nonempty(block.get("id"), f"{where}.id")
+    name = nonempty(block.get("name"), f"{where}.name")
+    arguments = block.get("input")
+    if not isinstance(arguments, Mapping):
+        raise bad(f"{where}.input", "expected an object")
+    return hub.ToolCall(call_id, name, _dump_arguments(arguments), f"{where}.input")
+
+
+_BlockDecoder = Callable[[Mapping[str, Any], str], hub.Part]
+
+# The blocks each role may send; None: dropped (thinking is the model's own scratch
+# work, which another model cannot use).
+_USER_BLOCKS: dict[str, _BlockDecoder | None] = {
+    "text": _text,
+    "image": _image,
+    "tool_result": _tool_result,
+}
+_ASSISTANT_BLOCKS: dict[str, _BlockDecoder | None] = {
+    "text": _text,
+    "tool_use": _tool_use,
+    "thinking": None,
+    "redacted_thinking": None,
+}
+
+
+def _parts(
+    content: object, where: str, blocks: Mapping[str, _BlockDecoder | None]
+) -> tuple[hub.Part, ...]:
     if isinstance(content, str):
         return (hub.Text(content),)
     if not isinstance(content, list):
@@ -265,19 +271,11 @@ def _assistant_parts(content: object, where: str) -> tuple[hub.Part, ...]:
         if not isinstance(block, Mapping):
             raise bad(at, "expected an object")
         kind = block.get("type")
-        if kind == "text":
-            parts.append(_text(block, at))
-        elif kind == "tool_use":
-            call_id = nonempty(block.get("id"), f"{at}.id")
-            name = nonempty(block.get("name"), f"{at}.name")
-            arguments = block.get("input")
-            if not isinstance(arguments, Mapping):
-                raise bad(f"{at}.input", "expected an object")
-            parts.append(hub.ToolCall(call_id, name, _dump_arguments(arguments), f"{at}.input"))
-        elif kind in ("thinking", "redacted_thinking"):
-            continue  # the model's own scratch work; another model cannot use it
-        else:
+        if not isinstance(kind, str) or kind not in blocks:
             raise bad(f"{at}.type", f"content block type {kind!r} is not supported for this model")
+        decode = blocks[kind]
+        if decode is not None:
+            parts.append(decode(block, at))
     return tuple(parts)
 
 
