@@ -52,7 +52,11 @@ class FailingSweep:
 def log_lines(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict]]:
     stream = io.StringIO()
     monkeypatch.setattr(log, "stream", stream)
-    return lambda: [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+    def lines() -> list[dict]:
+        log.flush()  # the writer thread batches lines; read what was logged, not what was written
+        return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    return lines
 
 
 def config() -> Any:
