@@ -32,7 +32,9 @@ async def admin(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[
         url = f"sqlite:///{tmp_path}/edge.db"
     else:
         url = request.getfixturevalue("postgres_url")
-    store = StoreService(open_store(url))
+    # The store's clock is the test's: its retention sweep at start would otherwise delete
+    # rows dated around NOW (months before the wall clock) whenever it ran after an insert.
+    store = StoreService(open_store(url), clock=lambda: NOW)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         auth = Authenticator(AuthConfig(keys=(FILE_KEY,), admin_key="sk-admin"), store)

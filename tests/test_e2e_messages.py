@@ -4,6 +4,7 @@ and to an OpenAI-kind model (translated both ways), streaming and tools included
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import anthropic
 import httpx
@@ -42,9 +43,10 @@ models = ["gpt-*"]
 
 
 @pytest.fixture
-def client(stack) -> anthropic.Anthropic:
+def client(stack) -> Iterator[anthropic.Anthropic]:
     edge, _ = stack
-    return anthropic.Anthropic(base_url=edge.url, api_key="client-key", max_retries=0)
+    with anthropic.Anthropic(base_url=edge.url, api_key="client-key", max_retries=0) as client:
+        yield client
 
 
 @pytest.mark.parametrize(("model", "provider"), [("claude-3-haiku-20240307", "claude"),

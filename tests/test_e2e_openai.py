@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -45,9 +46,12 @@ output_per_mtok = 8.0
 
 
 @pytest.fixture
-def client(stack) -> openai.OpenAI:
+def client(stack) -> Iterator[openai.OpenAI]:
     edge, _ = stack
-    return openai.OpenAI(base_url=f"{edge.url}/v1", api_key="client-key", max_retries=0)
+    # closed after the test: a pooled socket left to the GC is a ResourceWarning in
+    # whichever later test the collector happens to run
+    with openai.OpenAI(base_url=f"{edge.url}/v1", api_key="client-key", max_retries=0) as client:
+        yield client
 
 
 def test_chat_non_stream(client: openai.OpenAI) -> None:
