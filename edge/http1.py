@@ -15,7 +15,7 @@
    `_DeferredContinue` (an h11 connection whose `they_are_waiting_for_100_continue` is
    always False) keeps Hypercorn's loop from sending it, and a waiting request gets a
    `send` coroutine function under `scope["extensions"][CONTINUE_EXTENSION]`, which
-   `EdgeApp.read_body` awaits after authentication and the Content-Length check. A
+   `exchange.read_body` awaits after authentication and the Content-Length check. A
    request answered without reading its body gets its final status and no 100 (Hypercorn
    then closes the connection: the unread body is still on it); a client that sends its
    body without waiting makes h11 drop the flag, and `send` does nothing. The extension

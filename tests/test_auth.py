@@ -140,20 +140,21 @@ def test_bearer_scheme_is_case_insensitive(keyed: EdgeProcess) -> None:
 
 
 def test_official_sdks_authenticate(keyed: EdgeProcess) -> None:
-    client = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key=TEAM_A, max_retries=0)
-    completion = client.chat.completions.create(**CHAT)
+    with openai.OpenAI(base_url=f"{keyed.url}/v1", api_key=TEAM_A, max_retries=0) as client:
+        completion = client.chat.completions.create(**CHAT)
     assert completion.choices[0].message.content == "Mock reply to: auth check"
-    claude = anthropic.Anthropic(base_url=keyed.url, api_key=TEAM_B, max_retries=0)
-    message = claude.messages.create(**MESSAGE)
+    with anthropic.Anthropic(base_url=keyed.url, api_key=TEAM_B, max_retries=0) as claude:
+        message = claude.messages.create(**MESSAGE)
     assert message.content[0].text == "Mock reply to: auth check"
 
-    with pytest.raises(openai.AuthenticationError) as denied:
-        openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="not-a-key",
-                      max_retries=0).chat.completions.create(**CHAT)
+    with (pytest.raises(openai.AuthenticationError) as denied,
+          openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="not-a-key",
+                        max_retries=0) as wrong):
+        wrong.chat.completions.create(**CHAT)
     assert denied.value.status_code == 401
-    with pytest.raises(anthropic.AuthenticationError):
-        anthropic.Anthropic(base_url=keyed.url, api_key="not-a-key",
-                            max_retries=0).messages.create(**MESSAGE)
+    with (pytest.raises(anthropic.AuthenticationError),
+          anthropic.Anthropic(base_url=keyed.url, api_key="not-a-key", max_retries=0) as bad):
+        bad.messages.create(**MESSAGE)
 
 
 # -- which requests are refused ------------------------------------------------------------

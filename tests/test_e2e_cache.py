@@ -12,7 +12,7 @@ from _fake_upstream import FakeUpstream, Reply
 from _scrape import metric
 from _servers import EdgeProcess, MockUpstream, wait_until
 
-from edge.app import _with_metadata
+from edge.answer_meta import with_metadata
 
 
 def provider_toml(mock: MockUpstream, extra: str = "") -> str:
@@ -107,6 +107,7 @@ def test_stream_miss_is_stored_and_served_as_json_and_sse(stack) -> None:
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens > 0
     assert upstream_calls(mock) == before + 1
+    client.close()
 
 
 def test_tool_call_stream_assembled_and_replayed(stack) -> None:
@@ -125,6 +126,7 @@ def test_tool_call_stream_assembled_and_replayed(stack) -> None:
     assert choice.finish_reason == "tool_calls"
     assert choice.message.tool_calls[0].function.name == "lookup"
     assert choice.message.tool_calls[0].function.arguments == '{"q":"find it"}'
+    client.close()
 
 
 def test_cut_stream_is_not_stored(stack) -> None:
@@ -370,5 +372,7 @@ models = ["claude-*"]
 
 @pytest.mark.parametrize("answer", [{}, {"id": "x"}, {"choices": [{"index": 0}], "usage": {}}])
 def test_metadata_splice_is_valid_json_for_any_object(answer: dict) -> None:
-    spliced = orjson.loads(_with_metadata(orjson.dumps(answer), b'{"cached":true}'))
-    assert spliced == {**answer, "metadata": {"cached": True}}
+    spliced = orjson.loads(with_metadata(orjson.dumps(answer), provider="p", tier="l1",
+                                         latency_ms=1.0, cost=0.0))
+    assert spliced == {**answer, "metadata": {"provider": "p", "cached": True, "cache_tier": "l1",
+                                              "latency_ms": 1.0, "cost_usd": 0.0}}

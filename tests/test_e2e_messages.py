@@ -95,6 +95,7 @@ def test_stream_text_arrives_while_the_upstream_pauses(stack, model: str) -> Non
             if len(words) == 2:
                 break
     assert len(words) == 2
+    client.close()
 
 
 @pytest.mark.parametrize("model", ["claude-3-haiku-20240307", "gpt-4o-mini"])

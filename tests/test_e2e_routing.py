@@ -87,6 +87,7 @@ def test_stream_fails_over_before_first_byte(tmp_path, mocks) -> None:
             text = "".join(c.choices[0].delta.content or "" for c in response.parse()
                            if c.choices)
         assert text == "Mock reply to: stream over"
+        client.close()
     finally:
         edge.stop()
 

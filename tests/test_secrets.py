@@ -305,6 +305,7 @@ def test_escaped_stream_error_through_the_openai_sdk(edge: EdgeProcess, model: s
     error = caught.value
     assert "[redacted]" in str(error) or "[redacted]" in json.dumps(error.body)
     assert leaks(f"{error} {error!r} {json.dumps(error.body)}") == []
+    client.close()
 
 
 def test_normal_answers_still_flow(edge: EdgeProcess) -> None:

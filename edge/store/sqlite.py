@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -54,7 +55,7 @@ class SQLiteBackend(SQLBackend):
             )
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             if path != MEMORY:
-                self._conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(self._conn, busy_timeout)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the SQLite store {path}: {exc}") from exc
 
@@ -86,3 +87,21 @@ class SQLiteBackend(SQLBackend):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch the file to WAL, waiting out another process doing the same.
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database is
+    locked" at once rather than through the busy handler when two workers open a new
+    store together; so the switch is retried until `busy_timeout` has passed.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)  # in a worker thread or at start-up, never on the event loop

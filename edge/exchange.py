@@ -1,0 +1,165 @@
+"""One HTTP exchange as edge's handlers see it: the request, its body, its disconnect, the answer.
+
+Hypercorn hands the app ASGI messages; everything here turns them into what a handler
+needs (a `Request` built once, a bounded body read, a way to run work that stops when
+the client goes away) and back (a JSON answer with its Content-Length).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+from .auth import ANONYMOUS, KeyPolicy
+from .cache import Flight
+from .errors import PayloadTooLarge, RequestTimeout
+from .http1 import CONTINUE_EXTENSION
+from .request_head import request_id
+
+T = TypeVar("T")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+JSON_HEADERS = [(b"content-type", JSON)]
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing more is sent."""
+
+
+class Request:
+    """What the handlers need to know about one request; built once, passed along."""
+
+    __slots__ = ("scope", "receive", "send", "headers", "request_id", "start", "key", "tenant",
+                 "anthropic", "endpoint", "status", "finished", "provider", "model", "cache",
+                 "usage")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        self.request_id = request_id(self.headers.get(b"x-request-id"))
+        self.start = time.perf_counter()
+        self.key: KeyPolicy = ANONYMOUS  # the caller's key, once authenticated
+        self.tenant = "anonymous"
+        self.anthropic = False
+        self.endpoint = "other"
+        self.status = 200
+        # Set just before the last body message: Hypercorn reports "disconnect" as soon as a
+        # response is complete, and that must not cancel the work that follows it.
+        self.finished = False
+        # For the request's log line: who answered, for which model, from where.
+        self.provider: str | None = None
+        self.model: str | None = None
+        self.cache: bytes | None = None
+        self.usage: str | None = None  # "upstream" or "estimated": where the token counts came from
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1000.0
+
+
+async def send_json(req: Request, status: int, body: bytes,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    # Content-Length spares Hypercorn the chunked framing and its terminator write.
+    all_headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)),
+                   (b"x-request-id", req.request_id)]
+    if headers:
+        all_headers.extend(headers)
+    req.status = status
+    await req.send({"type": "http.response.start", "status": status, "headers": all_headers})
+    req.finished = True
+    await req.send({"type": "http.response.body", "body": body})
+
+
+async def read_body(req: Request, max_body: int, body_timeout_s: float) -> bytes:
+    """The whole body, refusing more than `max_body` bytes before reading it.
+
+    A client that waits for `100 Continue` gets it here, once the key and the declared
+    size have passed. The whole read is bounded by `body_timeout_s` seconds (408).
+    """
+    declared = req.headers.get(b"content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            size = 0
+        if size > max_body:
+            raise PayloadTooLarge(
+                f"Request body of {size} bytes exceeds the limit of {max_body} bytes.")
+    if b"expect" in req.headers:
+        go_ahead = req.scope.get("extensions", {}).get(CONTINUE_EXTENSION)
+        if go_ahead is not None:
+            await go_ahead["send"]()
+    with trio.move_on_after(body_timeout_s):
+        return await _receive_body(req, max_body)
+    raise RequestTimeout(
+        f"The request body did not arrive within {body_timeout_s:g} seconds.")
+
+
+async def _receive_body(req: Request, max_body: int) -> bytes:
+    message = await req.receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > max_body:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {max_body} bytes.")
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await req.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_body:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {max_body} bytes.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _until_disconnect(req: Request, scope: trio.CancelScope,
+                            flight: Flight | None = None) -> None:
+    """Cancel `scope` when the client goes away (Hypercorn never cancels the app).
+
+    A coalescing leader whose followers still wait keeps its upstream call going until
+    none is left waiting, so their answer is not thrown away.
+    """
+    while True:
+        message = await req.receive()
+        if message["type"] == "http.disconnect":
+            if req.finished:
+                return
+            if flight is not None:
+                await flight.wait_idle()
+            scope.cancel()
+            return
+
+
+async def run_watched(req: Request, work: Callable[[], Awaitable[T]],
+                      flight: Flight | None = None) -> T:
+    """Run `work`, cancelling it at once if the client disconnects (then ClientGone).
+
+    Errors from `work` are re-raised as themselves, not wrapped in an ExceptionGroup.
+    """
+    box: list[tuple[bool, Any]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_until_disconnect, req, nursery.cancel_scope, flight)
+        try:
+            box.append((True, await work()))
+        except Exception as exc:
+            box.append((False, exc))
+        nursery.cancel_scope.cancel()
+    if not box:
+        raise ClientGone()
+    ok, value = box[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
