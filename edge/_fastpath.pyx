@@ -86,8 +86,8 @@ __all__ = [
 #: Top-level request fields that never change the answer, so they stay out of the key.
 EXCLUDED_FIELDS = frozenset({"stream", "stream_options", "user"})
 
-#: Deepest container nesting `canonical` accepts (see the pure twin).
-MAX_DEPTH = 256
+#: Deepest request nesting edge accepts (body = level 1); edge.schema reads it. See the twin.
+MAX_DEPTH = 64
 
 cdef int _MAX_DEPTH = MAX_DEPTH
 cdef frozenset _EXCLUDED = EXCLUDED_FIELDS
@@ -566,8 +566,6 @@ cdef class LRUCache:
     it. So one call with
     limit >= len(cache) removes every expired entry, ceil(len / limit) calls without other
     traffic examine every entry, and each call costs O(limit).
-
-    Counters (hits, misses, evictions) are lifetime totals; clear() keeps them.
     """
 
     cdef dict _map
@@ -576,9 +574,6 @@ cdef class LRUCache:
     cdef long long _max_entries
     cdef long long _max_bytes
     cdef long long _bytes
-    cdef long long _hits
-    cdef long long _misses
-    cdef long long _evictions
 
     def __cinit__(self, max_entries, max_bytes):
         self._max_entries = _as_count(max_entries)
@@ -601,16 +596,13 @@ cdef class LRUCache:
         cdef PyObject* found = PyDict_GetItemWithError(self._map, key)
         cdef _Node node
         if found == NULL:
-            self._misses += 1
             return None
         node = <_Node>found
         if node.expires_at <= now:
             self._remove(node)
-            self._misses += 1
             return None
         self._unlink(node)  # even when already MRU: the cursor must step off it as in the twin
         self._append(node)
-        self._hits += 1
         return node.value
 
     def put(self, key, value, object size, double expires_at):
@@ -652,7 +644,6 @@ cdef class LRUCache:
             self._bytes += nbytes
         while len(self._map) > self._max_entries or self._bytes > self._max_bytes:
             self._remove(<_Node>self._root.next)
-            self._evictions += 1
         return True
 
     def delete(self, key):
@@ -670,7 +661,7 @@ cdef class LRUCache:
         """sweep(now: float, limit: int = 1000) -> int
 
         Examine at most limit entries from the cursor and delete the expired ones; returns
-        how many were deleted. Does not count hits or misses.
+        how many were deleted.
         """
         cdef Py_ssize_t examined
         cdef Py_ssize_t todo = min(limit, len(self._map))
@@ -696,7 +687,7 @@ cdef class LRUCache:
     def clear(self):
         """clear() -> None
 
-        Drop every entry; the counters keep their lifetime totals.
+        Drop every entry.
         """
         cdef dict old = self._map
         self._map = {}
@@ -710,7 +701,7 @@ cdef class LRUCache:
         return len(self._map)
 
     def __contains__(self, key):
-        """Presence regardless of TTL; not counted as a hit or a miss."""
+        """Presence regardless of TTL; unlike get(), not a use."""
         return key in self._map
 
     cdef inline void _append(self, _Node node) noexcept:
@@ -735,21 +726,6 @@ cdef class LRUCache:
         self._bytes -= node.size
         PyDict_DelItem(self._map, node.key)
         return 0
-
-    @property
-    def hits(self):
-        """Lookups that returned a live value."""
-        return self._hits
-
-    @property
-    def misses(self):
-        """Lookups that found nothing or an expired entry."""
-        return self._misses
-
-    @property
-    def evictions(self):
-        """Entries dropped to respect max_entries or max_bytes."""
-        return self._evictions
 
     @property
     def max_entries(self):

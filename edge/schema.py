@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from .errors import BadRequest, clip, utf8_len
+from .fastpath import MAX_DEPTH
 
-MAX_DEPTH = 64
 # No provider's model name comes near this; a longer one is refused before it reaches the
 # router's globs, its memo, the metrics or the log.
 MAX_MODEL_BYTES = 256
