@@ -9,6 +9,11 @@ fallback. Speed comes from three things: the canonical form is written into one 
 per item; xxhash is called once per key; the LRU's recency ring is raw pointers between
 nodes owned by a dict, so get/put are a dict probe plus pointer surgery and create no
 reference cycles for the garbage collector to chase.
+
+One module for four ideas, on purpose (docs/ARCHITECTURE.md, "The fast path"): one extension
+to build and import, and `rank` and the helpers are cdef calls across the parts, which
+separate modules would turn into shared .pxd declarations and C-API indirections. The parts
+follow in order: key, LRU, routing scores, SSE.
 """
 
 cimport cython

@@ -4,6 +4,9 @@ This module is the oracle. The Cython module must produce byte-identical `canoni
 output and behave identically for every operation here; the tests run both and compare.
 It is also what runs when the extension is not built or `EDGE_NO_EXTENSIONS=1`, so it
 stays simple rather than clever.
+
+One module, like its compiled twin (docs/ARCHITECTURE.md, "The fast path" says why), laid
+out in the same order: key, LRU, routing scores, SSE.
 """
 
 from __future__ import annotations
