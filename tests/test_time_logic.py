@@ -1,4 +1,4 @@
-"""Where time is the logic (breaker cooldowns, backoff, hedging), driven on Trio's MockClock.
+"""Where time is the logic (breaker cooldowns, backoff, hedging, coalescing), on MockClock.
 
 The real code runs in process: `Attempts` (edge/failover.py) over real provider adapters
 whose httpx transport is an in-process ASGI upstream speaking OpenAI's wire format, and
@@ -19,8 +19,9 @@ import pytest
 import trio
 from _twins import impl  # noqa: F401 - the fixture
 
-from edge.config import ProviderConfig, RoutingConfig
-from edge.errors import UpstreamError
+from edge.cache import Cache, Entry
+from edge.config import CacheConfig, ProviderConfig, RoutingConfig
+from edge.errors import ServiceUnavailable, UpstreamError
 from edge.failover import BACKOFF_BASE_S, Attempts
 from edge.fastpath import BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN, Breaker, DeploymentStats
 from edge.metrics import Metrics
@@ -216,3 +217,64 @@ async def test_breaker_cooldown_and_half_open_probe(
     assert breaker.acquire(trio.current_time())
     breaker.success(trio.current_time())
     assert breaker.state(trio.current_time()) == BREAKER_CLOSED
+
+
+# -- coalescing window -----------------------------------------------------------------
+
+
+async def test_coalescing_window_is_the_leaders_flight(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Identical requests that arrive while the leader's upstream call runs (here 5 s of
+    virtual time) share its answer; one that arrives after it ended leads its own."""
+    cache = Cache(CacheConfig(), Metrics())
+    key = cache.key("chat", dict(BODY), "tenant")
+    served: list[tuple[float, bool, str | None]] = []
+
+    async def request(arrive_at: float) -> None:
+        await trio.sleep_until(arrive_at)
+        leader, flight = cache.lead_or_follow(key)
+        if leader:
+            try:
+                await trio.sleep(5.0)  # the upstream call
+                entry = Entry(b'{"id": "x"}', "a", "m", 0.0)
+            finally:
+                cache.finish(key, flight, entry)
+            served.append((trio.current_time(), True, entry.provider))
+            return
+        flight.join()
+        try:
+            await flight.done.wait()
+        finally:
+            flight.leave()
+        served.append((trio.current_time(), False,
+                       flight.entry.provider if flight.entry is not None else None))
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for offset in (0.0, 1.0, 4.9, 5.1):
+            nursery.start_soon(request, start + offset)
+    assert sorted((round(t - start, 3), lead, p) for t, lead, p in served) == [
+        (5.0, False, "a"), (5.0, False, "a"), (5.0, True, "a"),  # one flight, three served
+        (10.1, True, "a"),  # 5.1 s: after the flight ended, a flight of its own
+    ]
+    assert not cache.flights
+
+
+async def test_followers_share_the_leaders_error(autojump_clock: trio.testing.MockClock) -> None:
+    cache = Cache(CacheConfig(), Metrics())
+    key = cache.key("chat", dict(BODY), "tenant")
+    leader, flight = cache.lead_or_follow(key)
+    assert leader
+    follower, same = cache.lead_or_follow(key)
+    assert (follower, same) == (False, flight)
+
+    async def fail_later() -> None:
+        await trio.sleep(3.0)
+        cache.finish(key, flight, error=ServiceUnavailable("every provider failed"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fail_later)
+        await same.done.wait()
+    assert isinstance(same.error, ServiceUnavailable)
+    assert same.entry is None
+    assert cache.lead_or_follow(key)[0]  # the next request leads again
