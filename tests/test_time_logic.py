@@ -169,6 +169,27 @@ async def test_no_hedge_when_the_first_answers_in_time(
     assert (text, hedged) == ("first", False)
 
 
+
+async def test_a_hedge_never_wraps_round_to_a_running_candidate(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Both slow: the hedge starts the second at hedge_after_ms, and no further hedge
+    restarts the first while its call runs, though max_attempts would allow a third."""
+    calls = {"a": 0, "b": 0}
+
+    def slow(name: str, seconds: float) -> Script:
+        async def script(call: int) -> tuple[int, dict[str, str], dict[str, Any]]:
+            calls[name] += 1
+            await trio.sleep(seconds)
+            return 200, {}, completion(name)
+        return script
+
+    began = trio.current_time()
+    text, _ = await ask([deployment("a", slow("a", 1.5)), deployment("b", slow("b", 1.5))],
+                        RoutingConfig(hedge_after_ms=100, max_attempts=3))
+    assert text == "a"  # started first, answered first
+    assert calls == {"a": 1, "b": 1}
+    assert trio.current_time() - began == pytest.approx(1.5)
+
 # -- breaker cooldown ------------------------------------------------------------------
 
 
