@@ -794,15 +794,19 @@ cdef class Breaker:
     One provider's circuit breaker: CLOSED until `failures` consecutive failures open it;
     OPEN while now < opened_at + cooldown_s, then HALF_OPEN (by the clock alone), where one
     probe attempt may go through. Probe success closes it, probe failure re-opens it.
+
+    Read-only attributes (C fields, so rank() reads them without a call): failures,
+    cooldown_s, consecutive (failures since the last success), last_failure_at and
+    opened_at (-inf until the first), probing (the half-open probe is out).
     """
 
-    cdef long long _failures
-    cdef double _cooldown_s
-    cdef long long _consecutive
-    cdef double _last_failure_at
-    cdef double _opened_at
+    cdef readonly long long failures
+    cdef readonly double cooldown_s
+    cdef readonly long long consecutive
+    cdef readonly double last_failure_at
+    cdef readonly double opened_at
     cdef bint _open
-    cdef bint _probing
+    cdef readonly bint probing
 
     def __cinit__(self, failures, double cooldown_s):
         cdef long long n = _as_count(failures)
@@ -810,24 +814,24 @@ cdef class Breaker:
             raise ValueError(f"failures must be >= 1, got {n}")
         if not (isfinite(cooldown_s) and cooldown_s >= 0.0):
             raise ValueError(f"cooldown_s must be finite and >= 0, got {cooldown_s}")
-        self._failures = n
-        self._cooldown_s = cooldown_s
-        self._consecutive = 0
-        self._last_failure_at = -INFINITY
-        self._opened_at = -INFINITY
+        self.failures = n
+        self.cooldown_s = cooldown_s
+        self.consecutive = 0
+        self.last_failure_at = -INFINITY
+        self.opened_at = -INFINITY
         self._open = False
-        self._probing = False
+        self.probing = False
 
     cdef inline int _state(self, double now) noexcept:
         if not self._open:
             return _CLOSED
-        if now < self._opened_at + self._cooldown_s:
+        if now < self.opened_at + self.cooldown_s:
             return _OPEN
         return _HALF_OPEN
 
     cdef inline bint _blocked(self, double now) noexcept:
         cdef int state = self._state(now)
-        return state == _OPEN or (state == _HALF_OPEN and self._probing)
+        return state == _OPEN or (state == _HALF_OPEN and self.probing)
 
     def state(self, double now):
         """state(now: float) -> int
@@ -852,8 +856,8 @@ cdef class Breaker:
         cdef int state = self._state(now)
         if state == _CLOSED:
             return True
-        if state == _HALF_OPEN and not self._probing:
-            self._probing = True
+        if state == _HALF_OPEN and not self.probing:
+            self.probing = True
             return True
         return False
 
@@ -863,8 +867,8 @@ cdef class Breaker:
         An attempt succeeded: close the circuit and forget the failures.
         """
         self._open = False
-        self._consecutive = 0
-        self._probing = False
+        self.consecutive = 0
+        self.probing = False
 
     def failure(self, double now):
         """failure(now: float) -> None
@@ -872,19 +876,19 @@ cdef class Breaker:
         An attempt failed: count it; a failed probe, or the last straw, opens the circuit.
         """
         cdef int state = self._state(now)
-        self._consecutive += 1
-        self._last_failure_at = now
-        self._probing = False
-        if state == _HALF_OPEN or (state == _CLOSED and self._consecutive >= self._failures):
+        self.consecutive += 1
+        self.last_failure_at = now
+        self.probing = False
+        if state == _HALF_OPEN or (state == _CLOSED and self.consecutive >= self.failures):
             self._open = True
-            self._opened_at = now
+            self.opened_at = now
 
     def release(self, double now):
         """release(now: float) -> None
 
         The probe was cancelled without an outcome: let another request probe.
         """
-        self._probing = False
+        self.probing = False
 
     def retry_after(self, double now):
         """retry_after(now: float) -> float
@@ -893,36 +897,7 @@ cdef class Breaker:
         """
         if self._state(now) != _OPEN:
             return 0.0
-        return self._opened_at + self._cooldown_s - now
-
-    @property
-    def failures(self):
-        """Consecutive failures that open the circuit."""
-        return self._failures
-
-    @property
-    def cooldown_s(self):
-        return self._cooldown_s
-
-    @property
-    def consecutive(self):
-        """Failures since the last success."""
-        return self._consecutive
-
-    @property
-    def last_failure_at(self):
-        """Time of the last failure; -inf if none yet."""
-        return self._last_failure_at
-
-    @property
-    def opened_at(self):
-        """Time the circuit last opened; -inf if never."""
-        return self._opened_at
-
-    @property
-    def probing(self):
-        """Whether the half-open probe is out."""
-        return self._probing
+        return self.opened_at + self.cooldown_s - now
 
 
 cdef inline bint _valid_price(double price) noexcept:
@@ -935,13 +910,16 @@ cdef class DeploymentStats:
 
     One deployment's prices (USD per million tokens, NaN if unknown) and the exponentially
     weighted average of its time to first byte.
+
+    Read-only attributes: input_per_mtok, output_per_mtok, alpha, ewma (seconds to first
+    byte; NaN until the first sample), samples.
     """
 
-    cdef double _input_per_mtok
-    cdef double _output_per_mtok
-    cdef double _alpha
-    cdef double _ewma
-    cdef long long _samples
+    cdef readonly double input_per_mtok
+    cdef readonly double output_per_mtok
+    cdef readonly double alpha
+    cdef readonly double ewma
+    cdef readonly long long samples
 
     def __cinit__(self, double input_per_mtok, double output_per_mtok, double alpha=0.3):
         if not _valid_price(input_per_mtok):
@@ -954,11 +932,11 @@ cdef class DeploymentStats:
             )
         if not (0.0 < alpha <= 1.0):
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-        self._input_per_mtok = input_per_mtok
-        self._output_per_mtok = output_per_mtok
-        self._alpha = alpha
-        self._ewma = NAN
-        self._samples = 0
+        self.input_per_mtok = input_per_mtok
+        self.output_per_mtok = output_per_mtok
+        self.alpha = alpha
+        self.ewma = NAN
+        self.samples = 0
 
     def observe(self, double ttfb_s):
         """observe(ttfb_s: float) -> None
@@ -967,15 +945,15 @@ cdef class DeploymentStats:
         """
         if not (isfinite(ttfb_s) and ttfb_s >= 0.0):
             raise ValueError(f"ttfb_s must be finite and >= 0, got {ttfb_s}")
-        if self._samples == 0:
-            self._ewma = ttfb_s
+        if self.samples == 0:
+            self.ewma = ttfb_s
         else:
-            self._ewma = self._alpha * ttfb_s + (1.0 - self._alpha) * self._ewma
-        self._samples += 1
+            self.ewma = self.alpha * ttfb_s + (1.0 - self.alpha) * self.ewma
+        self.samples += 1
 
     cdef inline double _estimate(self, long long prompt_chars, long long max_tokens) noexcept:
-        cdef double prompt = <double>prompt_chars / 4.0 * self._input_per_mtok
-        return (prompt + <double>max_tokens * self._output_per_mtok) / 1e6
+        cdef double prompt = <double>prompt_chars / 4.0 * self.input_per_mtok
+        return (prompt + <double>max_tokens * self.output_per_mtok) / 1e6
 
     def estimate(self, prompt_chars, max_tokens):
         """estimate(prompt_chars: int, max_tokens: int) -> float
@@ -988,27 +966,6 @@ cdef class DeploymentStats:
         if chars < 0 or tokens < 0:
             raise ValueError("prompt_chars and max_tokens must be >= 0")
         return self._estimate(chars, tokens)
-
-    @property
-    def ewma(self):
-        """Average time to first byte in seconds; NaN until the first sample."""
-        return self._ewma
-
-    @property
-    def samples(self):
-        return self._samples
-
-    @property
-    def alpha(self):
-        return self._alpha
-
-    @property
-    def input_per_mtok(self):
-        return self._input_per_mtok
-
-    @property
-    def output_per_mtok(self):
-        return self._output_per_mtok
 
 
 cdef struct _Slot:
@@ -1074,7 +1031,7 @@ def rank(strategy, stats, breakers, double now, prompt_chars, max_tokens, double
             slot.value = 0.0
             if how == _FAILOVER:
                 if (breaker._state(now) != _CLOSED
-                        or now - breaker._last_failure_at < cooldown_s):
+                        or now - breaker.last_failure_at < cooldown_s):
                     slot.group = 1
             elif how == _COST:
                 stat = <DeploymentStats>stat_items[i]
@@ -1085,9 +1042,9 @@ def rank(strategy, stats, breakers, double now, prompt_chars, max_tokens, double
                     slot.value = estimate
             elif how == _LATENCY:
                 stat = <DeploymentStats>stat_items[i]
-                if stat._samples != 0:
+                if stat.samples != 0:
                     slot.group = 1
-                    slot.value = stat._ewma
+                    slot.value = stat.ewma
             # Insertion in index order, shifting only strictly greater keys: stable.
             j = count - 1
             while j >= 0 and (slots[j].group > slot.group
@@ -1122,7 +1079,7 @@ def retry_after_all(breakers, double now):
         breaker = <Breaker>items[i]
         state = breaker._state(now)
         if state == _OPEN:
-            here = breaker._opened_at + breaker._cooldown_s - now
+            here = breaker.opened_at + breaker.cooldown_s - now
         elif breaker._blocked(now):
             here = _PROBE_RETRY_S
         else:
