@@ -9,6 +9,11 @@ fallback. Speed comes from three things: the canonical form is written into one 
 per item; xxhash is called once per key; the LRU's recency ring is raw pointers between
 nodes owned by a dict, so get/put are a dict probe plus pointer surgery and create no
 reference cycles for the garbage collector to chase.
+
+One module for four ideas, on purpose (docs/ARCHITECTURE.md, "The fast path"): one extension
+to build and import, and `rank` and the helpers are cdef calls across the parts, which
+separate modules would turn into shared .pxd declarations and C-API indirections. The parts
+follow in order: key, LRU, routing scores, SSE.
 """
 
 cimport cython
@@ -86,8 +91,8 @@ __all__ = [
 #: Top-level request fields that never change the answer, so they stay out of the key.
 EXCLUDED_FIELDS = frozenset({"stream", "stream_options", "user"})
 
-#: Deepest container nesting `canonical` accepts (see the pure twin).
-MAX_DEPTH = 256
+#: Deepest request nesting edge accepts (body = level 1); edge.schema reads it. See the twin.
+MAX_DEPTH = 64
 
 cdef int _MAX_DEPTH = MAX_DEPTH
 cdef frozenset _EXCLUDED = EXCLUDED_FIELDS
@@ -566,8 +571,6 @@ cdef class LRUCache:
     it. So one call with
     limit >= len(cache) removes every expired entry, ceil(len / limit) calls without other
     traffic examine every entry, and each call costs O(limit).
-
-    Counters (hits, misses, evictions) are lifetime totals; clear() keeps them.
     """
 
     cdef dict _map
@@ -576,9 +579,6 @@ cdef class LRUCache:
     cdef long long _max_entries
     cdef long long _max_bytes
     cdef long long _bytes
-    cdef long long _hits
-    cdef long long _misses
-    cdef long long _evictions
 
     def __cinit__(self, max_entries, max_bytes):
         self._max_entries = _as_count(max_entries)
@@ -601,16 +601,13 @@ cdef class LRUCache:
         cdef PyObject* found = PyDict_GetItemWithError(self._map, key)
         cdef _Node node
         if found == NULL:
-            self._misses += 1
             return None
         node = <_Node>found
         if node.expires_at <= now:
             self._remove(node)
-            self._misses += 1
             return None
         self._unlink(node)  # even when already MRU: the cursor must step off it as in the twin
         self._append(node)
-        self._hits += 1
         return node.value
 
     def put(self, key, value, object size, double expires_at):
@@ -652,7 +649,6 @@ cdef class LRUCache:
             self._bytes += nbytes
         while len(self._map) > self._max_entries or self._bytes > self._max_bytes:
             self._remove(<_Node>self._root.next)
-            self._evictions += 1
         return True
 
     def delete(self, key):
@@ -670,7 +666,7 @@ cdef class LRUCache:
         """sweep(now: float, limit: int = 1000) -> int
 
         Examine at most limit entries from the cursor and delete the expired ones; returns
-        how many were deleted. Does not count hits or misses.
+        how many were deleted.
         """
         cdef Py_ssize_t examined
         cdef Py_ssize_t todo = min(limit, len(self._map))
@@ -696,7 +692,7 @@ cdef class LRUCache:
     def clear(self):
         """clear() -> None
 
-        Drop every entry; the counters keep their lifetime totals.
+        Drop every entry.
         """
         cdef dict old = self._map
         self._map = {}
@@ -710,7 +706,7 @@ cdef class LRUCache:
         return len(self._map)
 
     def __contains__(self, key):
-        """Presence regardless of TTL; not counted as a hit or a miss."""
+        """Presence regardless of TTL; unlike get(), not a use."""
         return key in self._map
 
     cdef inline void _append(self, _Node node) noexcept:
@@ -735,21 +731,6 @@ cdef class LRUCache:
         self._bytes -= node.size
         PyDict_DelItem(self._map, node.key)
         return 0
-
-    @property
-    def hits(self):
-        """Lookups that returned a live value."""
-        return self._hits
-
-    @property
-    def misses(self):
-        """Lookups that found nothing or an expired entry."""
-        return self._misses
-
-    @property
-    def evictions(self):
-        """Entries dropped to respect max_entries or max_bytes."""
-        return self._evictions
 
     @property
     def max_entries(self):
@@ -813,15 +794,19 @@ cdef class Breaker:
     One provider's circuit breaker: CLOSED until `failures` consecutive failures open it;
     OPEN while now < opened_at + cooldown_s, then HALF_OPEN (by the clock alone), where one
     probe attempt may go through. Probe success closes it, probe failure re-opens it.
+
+    Read-only attributes (C fields, so rank() reads them without a call): failures,
+    cooldown_s, consecutive (failures since the last success), last_failure_at and
+    opened_at (-inf until the first), probing (the half-open probe is out).
     """
 
-    cdef long long _failures
-    cdef double _cooldown_s
-    cdef long long _consecutive
-    cdef double _last_failure_at
-    cdef double _opened_at
+    cdef readonly long long failures
+    cdef readonly double cooldown_s
+    cdef readonly long long consecutive
+    cdef readonly double last_failure_at
+    cdef readonly double opened_at
     cdef bint _open
-    cdef bint _probing
+    cdef readonly bint probing
 
     def __cinit__(self, failures, double cooldown_s):
         cdef long long n = _as_count(failures)
@@ -829,24 +814,24 @@ cdef class Breaker:
             raise ValueError(f"failures must be >= 1, got {n}")
         if not (isfinite(cooldown_s) and cooldown_s >= 0.0):
             raise ValueError(f"cooldown_s must be finite and >= 0, got {cooldown_s}")
-        self._failures = n
-        self._cooldown_s = cooldown_s
-        self._consecutive = 0
-        self._last_failure_at = -INFINITY
-        self._opened_at = -INFINITY
+        self.failures = n
+        self.cooldown_s = cooldown_s
+        self.consecutive = 0
+        self.last_failure_at = -INFINITY
+        self.opened_at = -INFINITY
         self._open = False
-        self._probing = False
+        self.probing = False
 
     cdef inline int _state(self, double now) noexcept:
         if not self._open:
             return _CLOSED
-        if now < self._opened_at + self._cooldown_s:
+        if now < self.opened_at + self.cooldown_s:
             return _OPEN
         return _HALF_OPEN
 
     cdef inline bint _blocked(self, double now) noexcept:
         cdef int state = self._state(now)
-        return state == _OPEN or (state == _HALF_OPEN and self._probing)
+        return state == _OPEN or (state == _HALF_OPEN and self.probing)
 
     def state(self, double now):
         """state(now: float) -> int
@@ -871,8 +856,8 @@ cdef class Breaker:
         cdef int state = self._state(now)
         if state == _CLOSED:
             return True
-        if state == _HALF_OPEN and not self._probing:
-            self._probing = True
+        if state == _HALF_OPEN and not self.probing:
+            self.probing = True
             return True
         return False
 
@@ -882,8 +867,8 @@ cdef class Breaker:
         An attempt succeeded: close the circuit and forget the failures.
         """
         self._open = False
-        self._consecutive = 0
-        self._probing = False
+        self.consecutive = 0
+        self.probing = False
 
     def failure(self, double now):
         """failure(now: float) -> None
@@ -891,19 +876,19 @@ cdef class Breaker:
         An attempt failed: count it; a failed probe, or the last straw, opens the circuit.
         """
         cdef int state = self._state(now)
-        self._consecutive += 1
-        self._last_failure_at = now
-        self._probing = False
-        if state == _HALF_OPEN or (state == _CLOSED and self._consecutive >= self._failures):
+        self.consecutive += 1
+        self.last_failure_at = now
+        self.probing = False
+        if state == _HALF_OPEN or (state == _CLOSED and self.consecutive >= self.failures):
             self._open = True
-            self._opened_at = now
+            self.opened_at = now
 
     def release(self, double now):
         """release(now: float) -> None
 
         The probe was cancelled without an outcome: let another request probe.
         """
-        self._probing = False
+        self.probing = False
 
     def retry_after(self, double now):
         """retry_after(now: float) -> float
@@ -912,36 +897,7 @@ cdef class Breaker:
         """
         if self._state(now) != _OPEN:
             return 0.0
-        return self._opened_at + self._cooldown_s - now
-
-    @property
-    def failures(self):
-        """Consecutive failures that open the circuit."""
-        return self._failures
-
-    @property
-    def cooldown_s(self):
-        return self._cooldown_s
-
-    @property
-    def consecutive(self):
-        """Failures since the last success."""
-        return self._consecutive
-
-    @property
-    def last_failure_at(self):
-        """Time of the last failure; -inf if none yet."""
-        return self._last_failure_at
-
-    @property
-    def opened_at(self):
-        """Time the circuit last opened; -inf if never."""
-        return self._opened_at
-
-    @property
-    def probing(self):
-        """Whether the half-open probe is out."""
-        return self._probing
+        return self.opened_at + self.cooldown_s - now
 
 
 cdef inline bint _valid_price(double price) noexcept:
@@ -954,13 +910,16 @@ cdef class DeploymentStats:
 
     One deployment's prices (USD per million tokens, NaN if unknown) and the exponentially
     weighted average of its time to first byte.
+
+    Read-only attributes: input_per_mtok, output_per_mtok, alpha, ewma (seconds to first
+    byte; NaN until the first sample), samples.
     """
 
-    cdef double _input_per_mtok
-    cdef double _output_per_mtok
-    cdef double _alpha
-    cdef double _ewma
-    cdef long long _samples
+    cdef readonly double input_per_mtok
+    cdef readonly double output_per_mtok
+    cdef readonly double alpha
+    cdef readonly double ewma
+    cdef readonly long long samples
 
     def __cinit__(self, double input_per_mtok, double output_per_mtok, double alpha=0.3):
         if not _valid_price(input_per_mtok):
@@ -973,11 +932,11 @@ cdef class DeploymentStats:
             )
         if not (0.0 < alpha <= 1.0):
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-        self._input_per_mtok = input_per_mtok
-        self._output_per_mtok = output_per_mtok
-        self._alpha = alpha
-        self._ewma = NAN
-        self._samples = 0
+        self.input_per_mtok = input_per_mtok
+        self.output_per_mtok = output_per_mtok
+        self.alpha = alpha
+        self.ewma = NAN
+        self.samples = 0
 
     def observe(self, double ttfb_s):
         """observe(ttfb_s: float) -> None
@@ -986,15 +945,15 @@ cdef class DeploymentStats:
         """
         if not (isfinite(ttfb_s) and ttfb_s >= 0.0):
             raise ValueError(f"ttfb_s must be finite and >= 0, got {ttfb_s}")
-        if self._samples == 0:
-            self._ewma = ttfb_s
+        if self.samples == 0:
+            self.ewma = ttfb_s
         else:
-            self._ewma = self._alpha * ttfb_s + (1.0 - self._alpha) * self._ewma
-        self._samples += 1
+            self.ewma = self.alpha * ttfb_s + (1.0 - self.alpha) * self.ewma
+        self.samples += 1
 
     cdef inline double _estimate(self, long long prompt_chars, long long max_tokens) noexcept:
-        cdef double prompt = <double>prompt_chars / 4.0 * self._input_per_mtok
-        return (prompt + <double>max_tokens * self._output_per_mtok) / 1e6
+        cdef double prompt = <double>prompt_chars / 4.0 * self.input_per_mtok
+        return (prompt + <double>max_tokens * self.output_per_mtok) / 1e6
 
     def estimate(self, prompt_chars, max_tokens):
         """estimate(prompt_chars: int, max_tokens: int) -> float
@@ -1007,27 +966,6 @@ cdef class DeploymentStats:
         if chars < 0 or tokens < 0:
             raise ValueError("prompt_chars and max_tokens must be >= 0")
         return self._estimate(chars, tokens)
-
-    @property
-    def ewma(self):
-        """Average time to first byte in seconds; NaN until the first sample."""
-        return self._ewma
-
-    @property
-    def samples(self):
-        return self._samples
-
-    @property
-    def alpha(self):
-        return self._alpha
-
-    @property
-    def input_per_mtok(self):
-        return self._input_per_mtok
-
-    @property
-    def output_per_mtok(self):
-        return self._output_per_mtok
 
 
 cdef struct _Slot:
@@ -1093,7 +1031,7 @@ def rank(strategy, stats, breakers, double now, prompt_chars, max_tokens, double
             slot.value = 0.0
             if how == _FAILOVER:
                 if (breaker._state(now) != _CLOSED
-                        or now - breaker._last_failure_at < cooldown_s):
+                        or now - breaker.last_failure_at < cooldown_s):
                     slot.group = 1
             elif how == _COST:
                 stat = <DeploymentStats>stat_items[i]
@@ -1104,9 +1042,9 @@ def rank(strategy, stats, breakers, double now, prompt_chars, max_tokens, double
                     slot.value = estimate
             elif how == _LATENCY:
                 stat = <DeploymentStats>stat_items[i]
-                if stat._samples != 0:
+                if stat.samples != 0:
                     slot.group = 1
-                    slot.value = stat._ewma
+                    slot.value = stat.ewma
             # Insertion in index order, shifting only strictly greater keys: stable.
             j = count - 1
             while j >= 0 and (slots[j].group > slot.group
@@ -1141,7 +1079,7 @@ def retry_after_all(breakers, double now):
         breaker = <Breaker>items[i]
         state = breaker._state(now)
         if state == _OPEN:
-            here = breaker._opened_at + breaker._cooldown_s - now
+            here = breaker.opened_at + breaker.cooldown_s - now
         elif breaker._blocked(now):
             here = _PROBE_RETRY_S
         else:

@@ -4,6 +4,9 @@ This module is the oracle. The Cython module must produce byte-identical `canoni
 output and behave identically for every operation here; the tests run both and compare.
 It is also what runs when the extension is not built or `EDGE_NO_EXTENSIONS=1`, so it
 stays simple rather than clever.
+
+One module, like its compiled twin (docs/ARCHITECTURE.md, "The fast path" says why), laid
+out in the same order: key, LRU, routing scores, SSE.
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ __all__ = [
 #: Top-level request fields that never change the answer, so they stay out of the key.
 EXCLUDED_FIELDS: frozenset[str] = frozenset({"stream", "stream_options", "user"})
 
-#: Deepest container nesting `canonical` accepts; deeper input raises ValueError instead of
-#: exhausting the interpreter (or C) stack. Real requests nest a few dozen levels at most.
-MAX_DEPTH = 256
+#: Deepest container nesting edge accepts in a request, the body object being level 1: the
+#: schema refuses a deeper body with a 400 (edge.schema reads this constant), and `canonical`
+#: raises ValueError rather than exhaust the interpreter (or C) stack. One limit, one meaning.
+MAX_DEPTH = 64
 
 _hexdigest = xxhash.xxh3_128_hexdigest
 _NO_SKIP: frozenset[str] = frozenset()
@@ -157,8 +161,6 @@ class LRUCache:
     one call with `limit >= len(cache)` removes every expired entry; with no other traffic,
     ceil(len / limit) calls examine every entry; each call does O(limit) work whatever the
     cache size.
-
-    Counters (`hits`, `misses`, `evictions`) are lifetime totals; `clear` keeps them.
     """
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
@@ -174,23 +176,17 @@ class LRUCache:
         self._root = _Node(None, None, 0, 0.0)
         self._cursor = self._root  # the root means "start at the LRU end"
         self._bytes = 0
-        self._hits = 0
-        self._misses = 0
-        self._evictions = 0
 
     def get(self, key: str, now: float) -> object | None:
         """Return the live value for `key` and mark it most recently used, else None."""
         node = self._map.get(key)
         if node is None:
-            self._misses += 1
             return None
         if node.expires_at <= now:
             self._remove(node)
-            self._misses += 1
             return None
         self._unlink(node)
         self._append(node)
-        self._hits += 1
         return node.value
 
     def put(self, key: str, value: object, size: int, expires_at: float) -> bool:
@@ -222,7 +218,6 @@ class LRUCache:
             self._bytes += size
         while len(self._map) > self._max_entries or self._bytes > self._max_bytes:
             self._remove(self._root.next)
-            self._evictions += 1
         # Only now, with the cache consistent, may the replaced value's finaliser run.
         del old_value
         return True
@@ -238,7 +233,7 @@ class LRUCache:
     def sweep(self, now: float, limit: int = 1000) -> int:
         """Examine at most `limit` entries from the cursor and delete the expired ones.
 
-        Returns how many were deleted. Does not count hits or misses.
+        Returns how many were deleted.
         """
         removed = 0
         for _ in range(min(limit, len(self._map))):
@@ -260,7 +255,7 @@ class LRUCache:
         return 0
 
     def clear(self) -> None:
-        """Drop every entry; the counters keep their lifetime totals."""
+        """Drop every entry."""
         old_map, node = self._map, self._root.next
         self._map = {}
         self._root.prev = self._root.next = self._root
@@ -276,20 +271,8 @@ class LRUCache:
         return len(self._map)
 
     def __contains__(self, key: object) -> bool:
-        """Presence regardless of TTL; not counted as a hit or a miss."""
+        """Presence regardless of TTL; unlike `get`, not a use."""
         return key in self._map
-
-    @property
-    def hits(self) -> int:
-        return self._hits
-
-    @property
-    def misses(self) -> int:
-        return self._misses
-
-    @property
-    def evictions(self) -> int:
-        return self._evictions
 
     @property
     def bytes(self) -> int:

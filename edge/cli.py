@@ -111,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("Error: environment: ENABLE_TRACING: tracing needs the OpenTelemetry packages; "
               "install them with: pip install 'edge[tracing]'", file=sys.stderr)
         return 2
-    log.threshold = {"debug": 10, "info": 20, "warning": 30, "error": 40}[config.server.log_level]
+    log.set_level(config.server.log_level)
     for warning in config.warnings:
         log.warning(warning)
     fallback = fastpath.fallback_warning()

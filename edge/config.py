@@ -35,6 +35,8 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
+from .logs import LEVELS
+
 __all__ = [
     "AuthConfig",
     "AuthKey",
@@ -51,7 +53,7 @@ __all__ = [
     "summary",
 ]
 
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_LEVELS: Final = tuple(LEVELS)  # the logger's map is the one list
 STRATEGIES: Final = ("model", "cost", "latency", "failover")
 CACHE_SCOPES: Final = ("key", "global")
 PROVIDER_KINDS: Final = ("openai", "anthropic")
@@ -576,56 +578,22 @@ def _find_config_file(path: str | os.PathLike[str] | None, env: Mapping[str, str
 # Sections
 # ---------------------------------------------------------------------------------------
 
+def _field_names(cls: type, skip: str = "") -> tuple[str, ...]:
+    """A section's accepted keys are its dataclass's fields, so a new field is a new key."""
+    return tuple(f.name for f in fields(cls) if f.name != skip)
+
+
 _TOP_KEYS: Final = ("server", "auth", "cache", "routing", "providers", "models", "store")
-_SERVER_KEYS: Final = (
-    "host",
-    "port",
-    "metrics_port",
-    "workers",
-    "max_request_bytes",
-    "graceful_timeout_s",
-    "log_level",
-    "keep_alive_timeout_s",
-    "request_body_timeout_s",
-)
+_SERVER_KEYS: Final = _field_names(ServerConfig)
 _AUTH_KEYS: Final = ("keys", "allow_anonymous", "admin_key")
 _AUTH_KEY_KEYS: Final = (
     "name", "key", "sha256", "rpm", "tpm", "budget_usd", "budget_period", "models",
 )
 _STORE_KEYS: Final = ("url", "usage_retention_days")
-_CACHE_KEYS: Final = (
-    "enabled",
-    "ttl_s",
-    "l1_max_entries",
-    "l1_max_bytes",
-    "max_entry_bytes",
-    "l2_enabled",
-    "redis_url",
-    "redis_cluster",
-    "key_prefix",
-    "scope",
-)
-_ROUTING_KEYS: Final = (
-    "strategy",
-    "max_attempts",
-    "hedge_after_ms",
-    "retry_on",
-    "breaker_failures",
-    "breaker_cooldown_s",
-)
-_PROVIDER_KEYS: Final = (
-    "name",
-    "kind",
-    "base_url",
-    "api_key",
-    "models",
-    "timeout_s",
-    "max_connections",
-    "anthropic_version",
-    "first_byte_timeout_s",
-    "stream_idle_timeout_s",
-)
-_MODEL_KEYS: Final = ("input_per_mtok", "output_per_mtok", "fallbacks", "deployments")
+_CACHE_KEYS: Final = _field_names(CacheConfig)
+_ROUTING_KEYS: Final = _field_names(RoutingConfig)
+_PROVIDER_KEYS: Final = _field_names(ProviderConfig)
+_MODEL_KEYS: Final = _field_names(ModelConfig, skip="name")  # the table's own key
 
 
 def _check_log_level(value: Any, where: str) -> str:

@@ -9,6 +9,7 @@ use (the test suite asserts it in CI; /metrics shows it in `llm_edge_build_info`
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import TYPE_CHECKING
 
@@ -71,65 +72,28 @@ if TYPE_CHECKING:
     COMPILED: bool
     _MISSING: str | None
 else:
+    # What both implementations export: one list, so the compiled and the fallback load
+    # cannot drift apart (the TYPE_CHECKING imports above are for mypy only).
+    _SHARED = [name for name in __all__ if name not in ("COMPILED", "KIND", "fallback_warning")]
+
+    def _load(module_name: str) -> dict[str, object]:
+        module = importlib.import_module(module_name)
+        missing = [name for name in _SHARED if not hasattr(module, name)]
+        if missing:  # built from an older source
+            raise ImportError(f"cannot import name {missing[0]!r} from {module_name!r}")
+        return {name: getattr(module, name) for name in _SHARED}
+
     COMPILED = False
     _MISSING = None  # why the compiled module could not be loaded, when it was wanted
     if not _NO_EXTENSIONS:
         try:
-            from edge._fastpath import (
-                BREAKER_CLOSED,
-                BREAKER_HALF_OPEN,
-                BREAKER_OPEN,
-                DONE,
-                EXCLUDED_FIELDS,
-                MAX_DEPTH,
-                MAX_EVENT_BYTES,
-                PROBE_RETRY_S,
-                STRATEGY_COST,
-                STRATEGY_FAILOVER,
-                STRATEGY_LATENCY,
-                STRATEGY_MODEL,
-                Breaker,
-                DeploymentStats,
-                LRUCache,
-                SSEError,
-                SSEParser,
-                cache_key,
-                canonical,
-                frame,
-                frame_event,
-                rank,
-                retry_after_all,
-            )
+            globals().update(_load("edge._fastpath"))
         except ImportError as exc:  # not built, or built from an older source: the twin
             _MISSING = str(exc) or type(exc).__name__
         else:
             COMPILED = True
     if not COMPILED:
-        from edge._fastpath_py import (
-            BREAKER_CLOSED,
-            BREAKER_HALF_OPEN,
-            BREAKER_OPEN,
-            DONE,
-            EXCLUDED_FIELDS,
-            MAX_DEPTH,
-            MAX_EVENT_BYTES,
-            PROBE_RETRY_S,
-            STRATEGY_COST,
-            STRATEGY_FAILOVER,
-            STRATEGY_LATENCY,
-            STRATEGY_MODEL,
-            Breaker,
-            DeploymentStats,
-            LRUCache,
-            SSEError,
-            SSEParser,
-            cache_key,
-            canonical,
-            frame,
-            frame_event,
-            rank,
-            retry_after_all,
-        )
+        globals().update(_load("edge._fastpath_py"))
 
 KIND = "compiled" if COMPILED else "python"
 

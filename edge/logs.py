@@ -58,8 +58,9 @@ class JsonLogger:
                 text = text.replace(secret, REDACTED)
         return text
 
-    def enabled(self, level: str) -> bool:
-        return LEVELS[level] >= self.threshold
+    def set_level(self, level: str) -> None:
+        """Log `level` and above; `level` is a key of LEVELS (config validates it)."""
+        self.threshold = LEVELS[level]
 
     def timestamp(self) -> str:
         """UTC, ISO 8601 with milliseconds: `2026-11-26T14:40:00.123Z`."""

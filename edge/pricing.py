@@ -76,21 +76,3 @@ class PriceTable:
         # rounded so clients see 2.55e-06, not 2.5499999999999997e-06
         return round((prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000, 10)
 
-    def estimate(self, model: str, prompt_chars: int, max_tokens: int) -> float | None:
-        """Rough cost of a request before it runs (for the cost strategy); None if unpriced."""
-        price = self.price(model)
-        if price is None:
-            return None
-        return ((prompt_chars / 4) * price[0] + max_tokens * price[1]) / 1_000_000
-
-
-def usage_tokens(usage: Any) -> tuple[int, int]:
-    """(prompt, completion) tokens from an OpenAI usage block; zeros when absent or malformed."""
-    if not isinstance(usage, dict):
-        return 0, 0
-    prompt = usage.get("prompt_tokens", 0)
-    completion = usage.get("completion_tokens", 0)
-    return (
-        prompt if type(prompt) is int else 0,
-        completion if type(completion) is int else 0,
-    )

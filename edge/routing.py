@@ -46,10 +46,6 @@ class Deployment:
     stats: DeploymentStats
     breaker: Breaker
 
-    @property
-    def key(self) -> str:
-        return f"{self.provider.name}/{self.model}"
-
 
 Group = tuple[Deployment, ...]
 

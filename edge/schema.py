@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from .errors import BadRequest, clip, utf8_len
+from .fastpath import MAX_DEPTH
 
-MAX_DEPTH = 64
 # No provider's model name comes near this; a longer one is refused before it reaches the
 # router's globs, its memo, the metrics or the log.
 MAX_MODEL_BYTES = 256
@@ -177,9 +177,8 @@ def _check_optional(body: dict[str, Any]) -> None:
             raise BadRequest(f"'{field}' must be at least 1.", param=field)
 
 
-def validate_chat(body: dict[str, Any]) -> str:
-    """Check a Chat Completions request; returns the requested model."""
-    model = _require_model(body)
+def _require_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """`messages`, a non-empty array of objects (both doors); roles are each door's check."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' is required and must be a non-empty array.",
@@ -187,6 +186,13 @@ def validate_chat(body: dict[str, Any]) -> str:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+    return messages
+
+
+def validate_chat(body: dict[str, Any]) -> str:
+    """Check a Chat Completions request; returns the requested model."""
+    model = _require_model(body)
+    for i, message in enumerate(_require_messages(body)):
         if not isinstance(message.get("role"), str):
             raise BadRequest(f"'messages[{i}].role' is required and must be a string.",
                              param=f"messages[{i}].role")
@@ -222,13 +228,7 @@ def validate_messages(body: dict[str, Any]) -> str:
     if type(max_tokens) is not int or max_tokens < 1:
         raise BadRequest("'max_tokens' is required and must be a positive integer.",
                          param="max_tokens")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' is required and must be a non-empty array.",
-                         param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+    for i, message in enumerate(_require_messages(body)):
         if message.get("role") not in ("user", "assistant"):
             raise BadRequest(f"'messages[{i}].role' must be 'user' or 'assistant'.",
                              param=f"messages[{i}].role")

@@ -297,7 +297,7 @@ def _worker_main(load_args: dict[str, Any], sockets: tuple[Sockets, Sockets | No
         if bound is not None:
             for sock in (*bound.secure_sockets, *bound.insecure_sockets):
                 sock.listen(1024)  # a spawned worker gets the bound socket, not its listen state
-    log.threshold = {"debug": 10, "info": 20, "warning": 30, "error": 40}[config.server.log_level]
+    log.set_level(config.server.log_level)
 
     async def trigger() -> None:
         async with trio.open_nursery() as nursery:

@@ -17,7 +17,6 @@ outcome, a process that stays up without its background work (503 for ever while
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -113,8 +112,6 @@ class Edge:
                                    key_prefix=config.cache.key_prefix + "rl:")
         self.ready = False
         self.draining = False
-        self.started_at = time.time()
-        self.nursery: trio.Nursery | None = None
         log.add_secrets(p.api_key for p in config.providers)
         log.add_secrets(k.secret for k in config.auth.keys)
 
@@ -132,7 +129,6 @@ async def open_edge(config: Config, metrics: Metrics | None = None,
     edge = Edge(config, metrics, tracing)
     try:
         async with trio.open_nursery() as nursery:
-            edge.nursery = nursery
             await nursery.start(supervise, "cache", edge.cache.run)
             edge.ready = True
             try:

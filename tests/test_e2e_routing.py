@@ -215,9 +215,10 @@ def test_hedge_wins_and_loser_is_cancelled(tmp_path, mocks) -> None:
 
 
 def test_hedges_try_each_candidate_once_not_the_running_one_again(tmp_path, mocks) -> None:
-    """Both providers slow: the hedge starts the second one, and no further hedge wraps
-    round to the first while its call is still running (max_attempts would allow it)."""
-    a, b = mocks("--delay-ms", "1500"), mocks("--delay-ms", "1500")
+    """The wiring of a hedge between two slow providers in `edge serve`: each is called
+    once and the hedge is counted for the second. The timing logic (no hedge wraps round
+    to a running candidate) is test_time_logic.py's, on virtual time."""
+    a, b = mocks("--delay-ms", "600"), mocks("--delay-ms", "600")
     edge = EdgeProcess(tmp_path, env=ENV, config=(
         "[routing]\nhedge_after_ms = 100\nmax_attempts = 3\n" + provider("a", a.url) +
         provider("b", b.url)))
