@@ -32,6 +32,9 @@ from .pricing import PriceTable
 from .providers import Provider, make_provider
 from .ratelimit import RateLimiter
 from .routing import Router
+from .store import open_store
+from .store.base import UsageRow
+from .store.service import StoreService
 from .tracing import Tracing
 from .transport import LeanTransport
 
@@ -111,6 +114,14 @@ class Edge:
         # Counters live in Redis when L2 is on, so limits hold across workers and replicas.
         self.limiter = RateLimiter(config.auth.keys, self.cache.l2,
                                    key_prefix=config.cache.key_prefix + "rl:")
+        # Admin-made keys, the usage ledger and stored responses (SPEC §7). Postgres is
+        # first reached by the probe in `store.run`, so a database that is down does not
+        # stop start-up; a SQLite file that cannot be opened does (StoreUnavailable).
+        self.store = StoreService(
+            open_store(config.store.url),
+            retention_days=config.store.usage_retention_days,
+            on_error=self._store_down,
+        )
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -118,11 +129,24 @@ class Edge:
         log.add_secrets(p.api_key for p in config.providers)
         log.add_secrets(k.secret for k in config.auth.keys)
 
+    def record_usage(self, row: UsageRow) -> None:
+        """Queue one ledger row for the store's batch writer; never waits. A full queue
+        drops the row, which `llm_edge_usage_rows_dropped_total` counts."""
+        if not self.store.record_usage(row):
+            self.metrics.usage_rows_dropped.inc()
+
+    def _store_down(self, reason: str) -> None:
+        log.warning("store unavailable; requests are still served", reason=reason)
+
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             for provider in self.providers.values():
                 await provider.aclose()
             await self.cache.aclose()
+            # Flushes the ledger rows still queued; what cannot be written is counted.
+            dropped = self.store.rows_dropped
+            await self.store.aclose()
+            self.metrics.usage_rows_dropped.inc(self.store.rows_dropped - dropped)
 
 
 @asynccontextmanager
@@ -134,6 +158,7 @@ async def open_edge(config: Config, metrics: Metrics | None = None,
         async with trio.open_nursery() as nursery:
             edge.nursery = nursery
             await nursery.start(supervise, "cache", edge.cache.run)
+            await nursery.start(supervise, "store", edge.store.run)
             edge.ready = True
             try:
                 yield edge
