@@ -24,6 +24,9 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
+from .admin import AdminAPI
+from .auth import Authenticator, KeyPolicy
+from .budgets import SpendCounters
 from .cache import Cache
 from .config import Config
 from .logs import log
@@ -33,7 +36,7 @@ from .providers import Provider, make_provider
 from .ratelimit import RateLimiter
 from .routing import Router
 from .store import open_store
-from .store.base import UsageRow
+from .store.base import StoreUnavailable, UsageRow
 from .store.service import StoreService
 from .tracing import Tracing
 from .transport import LeanTransport
@@ -122,6 +125,11 @@ class Edge:
             retention_days=config.store.usage_retention_days,
             on_error=self._store_down,
         )
+        # Who is calling (file keys and the store's), what each key spent in its budget
+        # window (per process, seeded from the ledger in `open_edge`), and /admin/*.
+        self.auth = Authenticator(config.auth, self.store)
+        self.spend = SpendCounters()
+        self.admin = AdminAPI(self.store, self.auth, self.spend)
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -134,6 +142,19 @@ class Edge:
         drops the row, which `llm_edge_usage_rows_dropped_total` counts."""
         if not self.store.record_usage(row):
             self.metrics.usage_rows_dropped.inc()
+
+    async def seed_spend(self) -> None:
+        """Start each key's spend counter from the ledger, so a restart with a durable
+        store forgets nothing it charged. A store that is down leaves them at zero."""
+        policies = [*self.auth.config_policies.values(),
+                    *(KeyPolicy.from_record(k) for k in self.store.cached_keys())]
+        budgeted = [p for p in policies if p.budget_usd is not None]
+        try:
+            await self.spend.seed(self.store, budgeted)
+        except StoreUnavailable as exc:
+            log.warning("budgets: the store is down; spend counters start from zero",
+                        reason=str(exc))
+        self.metrics.key_spend_window(self.spend.spend_by_key())
 
     def _store_down(self, reason: str) -> None:
         log.warning("store unavailable; requests are still served", reason=reason)
@@ -159,6 +180,7 @@ async def open_edge(config: Config, metrics: Metrics | None = None,
             edge.nursery = nursery
             await nursery.start(supervise, "cache", edge.cache.run)
             await nursery.start(supervise, "store", edge.store.run)
+            await edge.seed_spend()
             edge.ready = True
             try:
                 yield edge

@@ -179,3 +179,21 @@ async def test_a_full_ledger_queue_counts_the_dropped_row() -> None:
         finally:
             await edge.store.aclose()
             edge.store = running
+
+
+async def test_a_restart_seeds_each_budget_from_the_durable_ledger(tmp_path: Path) -> None:
+    (tmp_path / "edge.toml").write_text(f"""
+[auth]
+keys = [ {{ name = "team-a", key = "sk-team-a", budget_usd = 1.0, budget_period = "total" }} ]
+[store]
+url = "sqlite:///{tmp_path / 'edge.db'}"
+""")
+    env = {"OPENAI_API_KEY": "sk-service-test-secret", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+           "PORT": "0", "METRICS_PORT": "0", "EDGE_CONFIG": str(tmp_path / "edge.toml")}
+    async with open_edge(load_config(env=env)) as edge:
+        assert edge.spend.spent("team-a", "total") == 0.0
+        for i in range(3):
+            edge.record_usage(store_row(f"req-{i}"))
+    async with open_edge(load_config(env=env)) as edge:
+        assert edge.spend.spent("team-a", "total") == 0.75
+        assert b'llm_edge_key_spend_usd{key="team-a"} 0.75' in edge.metrics.render()
