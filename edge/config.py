@@ -28,12 +28,13 @@ import json
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+import tomli
 
 from .logs import LEVELS
 
@@ -552,8 +553,8 @@ def _field(
 def _read_toml(file: str) -> dict[str, Any]:
     try:
         with open(file, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+            return tomli.load(fh)
+    except tomli.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: invalid TOML: the file is not UTF-8 text") from None

@@ -17,7 +17,7 @@ then only checks that it really is in effect and renders the merged view.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -44,6 +44,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Model names can come from clients (a glob such as "gpt-*" admits any suffix): past this
 # many distinct values, further ones are reported as "other".
 MAX_MODEL_LABELS = 200
+# Key names come from the config and the admin API (SPEC §7): past this many, "other".
+MAX_KEY_LABELS = 1000
 # Every scrape repeats each label value once per series (a histogram: once per bucket).
 MAX_LABEL_BYTES = 128
 # Read by prometheus_client at import time; edge.server sets it for worker processes.
@@ -127,9 +129,20 @@ class Metrics:
         self.l2_dropped_writes = Counter("llm_edge_cache_l2_dropped_writes",
                                          "L2 writes dropped because the queue was full or L2 down",
                                          registry=r)
+        # Governance (SPEC §7).
+        self.budget_refusals = Counter("llm_edge_budget_refusals",
+                                       "Requests refused because the key's budget is spent",
+                                       registry=r)
+        self.usage_rows_dropped = Counter("llm_edge_usage_rows_dropped",
+                                          "Ledger rows lost: the store queue was full or the "
+                                          "store stayed down past shutdown", registry=r)
+        self.key_spend = Gauge("llm_edge_key_spend_usd",
+                               "USD a key spent in its current budget window", ["key"],
+                               registry=r, multiprocess_mode="livemax")
 
         self._children: dict[tuple[Any, ...], Any] = {}
         self._models: set[str] = set()
+        self._keys: set[str] = set()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, memoised: the request path calls this many times."""
@@ -153,12 +166,21 @@ class Metrics:
 
     def model_label(self, model: str) -> str:
         """`model`, or "other" once MAX_MODEL_LABELS names are taken or when it is too long."""
-        if model in self._models:
-            return model
-        if len(self._models) < MAX_MODEL_LABELS and utf8_len(model) <= MAX_LABEL_BYTES:
-            self._models.add(model)
-            return model
-        return "other"
+        return _admit(self._models, MAX_MODEL_LABELS, model)
+
+    def key_label(self, key: str) -> str:
+        """`key`, or "other" once MAX_KEY_LABELS names are taken or when it is too long."""
+        return _admit(self._keys, MAX_KEY_LABELS, key)
+
+    def key_spend_window(self, spend: Mapping[str, float]) -> None:
+        """Set `llm_edge_key_spend_usd` from each key's spend in its current window; keys
+        past the label cap are summed into `other`."""
+        totals: dict[str, float] = {}
+        for name, usd in spend.items():
+            label = self.key_label(name)
+            totals[label] = totals.get(label, 0.0) + usd
+        for label, usd in totals.items():
+            self.child(self.key_spend, label).set(usd)
 
     def usage(self, provider: str, model: str, prompt: int, completion: int, cost: float) -> None:
         model = self.model_label(model)
@@ -172,6 +194,16 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition: this process's values, or every worker's summed."""
         return generate_latest(self._scraped)
+
+
+def _admit(seen: set[str], cap: int, value: str) -> str:
+    """`value` if it is (or can join) the `cap` label values already in use, else "other"."""
+    if value in seen:
+        return value
+    if len(seen) < cap and utf8_len(value) <= MAX_LABEL_BYTES:
+        seen.add(value)
+        return value
+    return "other"
 
 
 def bounded(value: str) -> str:

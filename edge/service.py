@@ -23,6 +23,9 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
+from .admin import AdminAPI
+from .auth import Authenticator, KeyPolicy
+from .budgets import SpendCounters
 from .cache import Cache
 from .config import Config
 from .logs import log
@@ -31,6 +34,9 @@ from .pricing import PriceTable
 from .providers import Provider, make_provider
 from .ratelimit import RateLimiter
 from .routing import Router
+from .store import open_store
+from .store.base import StoreUnavailable, UsageRow
+from .store.service import StoreService
 from .tracing import Tracing
 from .transport import LeanTransport
 
@@ -110,16 +116,55 @@ class Edge:
         # Counters live in Redis when L2 is on, so limits hold across workers and replicas.
         self.limiter = RateLimiter(config.auth.keys, self.cache.l2,
                                    key_prefix=config.cache.key_prefix + "rl:")
+        # Admin-made keys, the usage ledger and stored responses (SPEC §7). Postgres is
+        # first reached by the probe in `store.run`, so a database that is down does not
+        # stop start-up; a SQLite file that cannot be opened does (StoreUnavailable).
+        self.store = StoreService(
+            open_store(config.store.url),
+            retention_days=config.store.usage_retention_days,
+            on_error=self._store_down,
+        )
+        # Who is calling (file keys and the store's), what each key spent in its budget
+        # window (per process, seeded from the ledger in `open_edge`), and /admin/*.
+        self.auth = Authenticator(config.auth, self.store)
+        self.spend = SpendCounters()
+        self.admin = AdminAPI(self.store, self.auth, self.spend)
         self.ready = False
         self.draining = False
         log.add_secrets(p.api_key for p in config.providers)
         log.add_secrets(k.secret for k in config.auth.keys)
+
+    def record_usage(self, row: UsageRow) -> None:
+        """Queue one ledger row for the store's batch writer; never waits. A full queue
+        drops the row, which `llm_edge_usage_rows_dropped_total` counts."""
+        if not self.store.record_usage(row):
+            self.metrics.usage_rows_dropped.inc()
+
+    async def seed_spend(self) -> None:
+        """Start each key's spend counter from the ledger, so a restart with a durable
+        store forgets nothing it charged. A store that is down leaves them at zero."""
+        policies = [*self.auth.config_policies.values(),
+                    *(KeyPolicy.from_record(k) for k in self.store.cached_keys())]
+        budgeted = [p for p in policies if p.budget_usd is not None]
+        try:
+            await self.spend.seed(self.store, budgeted)
+        except StoreUnavailable as exc:
+            log.warning("budgets: the store is down; spend counters start from zero",
+                        reason=str(exc))
+        self.metrics.key_spend_window(self.spend.spend_by_key())
+
+    def _store_down(self, reason: str) -> None:
+        log.warning("store unavailable; requests are still served", reason=reason)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             for provider in self.providers.values():
                 await provider.aclose()
             await self.cache.aclose()
+            # Flushes the ledger rows still queued; what cannot be written is counted.
+            dropped = self.store.rows_dropped
+            await self.store.aclose()
+            self.metrics.usage_rows_dropped.inc(self.store.rows_dropped - dropped)
 
 
 @asynccontextmanager
@@ -130,6 +175,8 @@ async def open_edge(config: Config, metrics: Metrics | None = None,
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervise, "cache", edge.cache.run)
+            await nursery.start(supervise, "store", edge.store.run)
+            await edge.seed_spend()
             edge.ready = True
             try:
                 yield edge

@@ -1073,6 +1073,27 @@ budget_usd = 0
     assert "team-b: budget $0 per total, models: any" in text
 
 
+def test_spec_governance_example_parses_as_toml_1_1(tmp_path: Path) -> None:
+    """SPEC §7's example breaks an inline table over two lines, which TOML 1.1 allows and
+    Python's tomllib (TOML 1.0) rejects; edge reads config with tomli, so the example loads."""
+    write(tmp_path, """
+[auth]
+keys = [ { name = "team-a", key = "env:TEAM_A_KEY", rpm = 600, tpm = 200000,
+           budget_usd = 50.0, budget_period = "month", models = ["gpt-4o*", "fast"] } ]
+admin_key = "env:EDGE_ADMIN_KEY"  # enables /admin/*; without it /admin/* answers 404
+
+[store]
+url = "memory://"                 # memory:// (default) | sqlite:///edge.db
+usage_retention_days = 90
+""")
+    config = load_config(env={**OPENAI_ENV, "TEAM_A_KEY": "sk-a", "EDGE_ADMIN_KEY": "sk-adm"})
+    (key,) = config.auth.keys
+    assert (key.name, key.rpm, key.tpm) == ("team-a", 600, 200000)
+    assert (key.budget_usd, key.budget_period, key.models) == (50.0, "month", ("gpt-4o*", "fast"))
+    assert config.auth.admin_key == "sk-adm"
+    assert (config.store.url, config.store.usage_retention_days) == ("memory://", 90)
+
+
 @pytest.mark.parametrize(("entry", "key", "what"), [
     ('budget_usd = -1', "budget_usd", "expected a number >= 0"),
     ('budget_usd = "ten"', "budget_usd", "expected a number"),

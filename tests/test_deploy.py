@@ -47,6 +47,8 @@ SPEC_ENV = frozenset({
     "HOST", "PORT", "METRICS_PORT", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL",
     "ANTHROPIC_BASE_URL", "ENABLE_L2_CACHE", "REDIS_URL", "ENABLE_METRICS", "ENABLE_TRACING",
     "LOG_LEVEL", "EDGE_CONFIG", "EDGE_API_KEYS",
+    # SPEC §7
+    "EDGE_ADMIN_KEY", "EDGE_STORE_URL",
 })
 #: A client key used where a test has to give edge one.
 CLIENT_KEY = "sk-edge-test-client-key"
@@ -420,16 +422,35 @@ def test_grafana_dashboards_are_mounted_where_provisioned_and_use_provisioned_so
             assert used <= uids, f"{dashboard.name} uses data sources {used - uids}"
 
 
+def image_extras() -> list[str]:
+    """The extras the image installs with the wheel (the Dockerfile's EDGE_EXTRAS)."""
+    (extras,) = [i.args.partition("=")[2] for i in dockerfile()
+                 if i.keyword == "ARG" and i.args.startswith("EDGE_EXTRAS=")]
+    return extras.split(",")
+
+
 def test_image_installs_the_tracing_extra_compose_turns_on() -> None:
     replicas = edge_services(compose()).values()
     assert all(service_env(svc)["ENABLE_TRACING"] == "true" for svc in replicas)
-    (extras,) = [i.args.partition("=")[2] for i in dockerfile()
-                 if i.keyword == "ARG" and i.args.startswith("EDGE_EXTRAS=")]
-    assert "tracing" in extras.split(",")
+    assert "tracing" in image_extras()
     # Without it edge exits at start-up with tracing on (edge/tracing.py).
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "tracing" in declared.get("optional-dependencies", {}), (
         "pyproject.toml: add the `tracing` extra (OpenTelemetry SDK + OTLP/HTTP exporter)")
+
+
+def test_replicas_share_one_postgres_store_the_image_can_reach() -> None:
+    doc = compose()
+    replicas = edge_services(doc)
+    urls = {service_env(svc)["EDGE_STORE_URL"] for svc in replicas.values()}
+    (url,) = urls  # one store: keys made or revoked on one replica hold on all (SPEC §7)
+    assert url.startswith("postgresql://")
+    assert "@postgres:5432/" in url
+    assert all("postgres" in svc["depends_on"] for svc in replicas.values())
+    assert "pg_isready" in doc["services"]["postgres"]["healthcheck"]["test"]
+    assert "postgres" in image_extras()  # psycopg 3, without which the URL is refused
+    secret = k8s_docs()["Secret"]["stringData"]
+    assert secret["EDGE_STORE_URL"].startswith("postgresql://")
 
 
 def test_prometheus_scrapes_every_replica_on_the_metrics_port() -> None:

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge import fastpath
 from edge._version import __version__
-from edge.metrics import Metrics
+from edge.metrics import MAX_KEY_LABELS, Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "edge.json"
@@ -346,6 +346,19 @@ def test_prime_exports_zero_series_per_provider() -> None:
         assert s.value("llm_edge_circuit_open", provider=provider) == 0
         assert s.value("llm_edge_failovers_total", provider=provider) == 0
         assert s.value("llm_edge_hedges_total", provider=provider) == 0
+
+
+def test_key_spend_labels_are_capped_and_the_rest_summed_into_other() -> None:
+    metrics = Metrics()
+    spend = {f"key-{i}": 1.0 for i in range(MAX_KEY_LABELS + 5)}
+    metrics.key_spend_window(spend)
+    values = {s.labels["key"]: s.value
+              for family in text_string_to_metric_families(metrics.render().decode())
+              if family.name == "llm_edge_key_spend_usd" for s in family.samples}
+    assert len(values) == MAX_KEY_LABELS + 1
+    assert (values["key-0"], values["other"]) == (1.0, 5.0)
+    assert metrics.key_label("key-0") == "key-0"
+    assert metrics.key_label("new") == "other"
 
 
 def test_enable_metrics_false_turns_off_route_and_listener(

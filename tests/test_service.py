@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from edge.config import load_config
 from edge.logs import log
 from edge.server import serve
 from edge.service import MAX_RESTARTS, BackgroundTaskFailed, open_edge
+from edge.store import open_store
+from edge.store.base import UsageRow
+from edge.store.service import StoreService
 
 HANG_GUARD = 30.0
 _RealLRU = cache_module.LRUCache
@@ -134,3 +138,62 @@ def test_edge_serve_whose_task_keeps_failing_exits_non_zero() -> None:
     assert any(line["msg"] == "background task keeps failing; stopping so the process is replaced"
                for line in lines)
     assert b"sk-service-test-secret" not in done.stderr
+
+
+# -- the store (SPEC §7): owned by the service, opened from [store] url / EDGE_STORE_URL ----
+
+
+def store_row(request_id: str) -> UsageRow:
+    return UsageRow(time=time.time(), request_id=request_id, key_name="team-a",
+                    endpoint="chat", model="gpt-4o", provider="openai",
+                    upstream_model="gpt-4o", cache="miss", status=200, prompt_tokens=3,
+                    completion_tokens=4, cost_usd=0.25, saved_usd=0.0, latency_ms=1.0)
+
+
+async def test_the_service_runs_the_store_and_flushes_the_ledger_at_exit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'edge.db'}"
+    config = load_config(env={"OPENAI_API_KEY": "sk-service-test-secret",
+                              "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+                              "EDGE_STORE_URL": url, "PORT": "0", "METRICS_PORT": "0"})
+    async with open_edge(config) as edge:
+        assert edge.store.healthy  # the first probe finished before the service started
+        edge.record_usage(store_row("req-1"))
+        edge.record_usage(store_row("req-2"))
+    # a fresh backend on the same file: the rows queued at exit were written, none dropped
+    backend = open_store(url)
+    try:
+        (total,) = backend.aggregate_usage(0, time.time() + 60, group_by=())
+    finally:
+        backend.close()
+    assert (total["requests"], total["prompt_tokens"], total["cost_usd"]) == (2, 6, 0.5)
+    assert b"llm_edge_usage_rows_dropped_total 0.0" in edge.metrics.render()
+
+
+async def test_a_full_ledger_queue_counts_the_dropped_row() -> None:
+    async with open_edge(config()) as edge:
+        running, edge.store = edge.store, StoreService(open_store("memory://"), queue_size=1)
+        try:
+            edge.record_usage(store_row("kept"))
+            edge.record_usage(store_row("dropped"))
+            assert b"llm_edge_usage_rows_dropped_total 1.0" in edge.metrics.render()
+        finally:
+            await edge.store.aclose()
+            edge.store = running
+
+
+async def test_a_restart_seeds_each_budget_from_the_durable_ledger(tmp_path: Path) -> None:
+    (tmp_path / "edge.toml").write_text(f"""
+[auth]
+keys = [ {{ name = "team-a", key = "sk-team-a", budget_usd = 1.0, budget_period = "total" }} ]
+[store]
+url = "sqlite:///{tmp_path / 'edge.db'}"
+""")
+    env = {"OPENAI_API_KEY": "sk-service-test-secret", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+           "PORT": "0", "METRICS_PORT": "0", "EDGE_CONFIG": str(tmp_path / "edge.toml")}
+    async with open_edge(load_config(env=env)) as edge:
+        assert edge.spend.spent("team-a", "total") == 0.0
+        for i in range(3):
+            edge.record_usage(store_row(f"req-{i}"))
+    async with open_edge(load_config(env=env)) as edge:
+        assert edge.spend.spent("team-a", "total") == 0.75
+        assert b'llm_edge_key_spend_usd{key="team-a"} 0.75' in edge.metrics.render()
