@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edge import hub
-from edge.codecs import chat, gemini
+from edge.codecs import bedrock, chat, gemini
 from edge.errors import BadRequest, UpstreamError
 
 CHAT_REQUEST = {
@@ -218,3 +218,89 @@ def test_embeddings_translate_both_ways() -> None:
     with pytest.raises(BadRequest) as caught:
         gemini.encode_embeddings({"input": [[1, 2]]}, "m")
     assert caught.value.param == "input"
+
+
+# --------------------------------------------------------------------------- bedrock
+
+
+def test_bedrock_encode_request_writes_converse_blocks_and_configs() -> None:
+    req = chat.decode_request({**CHAT_REQUEST, "response_format": None})
+    body = bedrock.encode_request(req, "anthropic.claude-3-haiku")
+    call_id = CHAT_REQUEST["messages"][2]["tool_calls"][0]["id"]  # type: ignore[index]
+    assert body["system"] == [{"text": "Be brief."}]
+    assert body["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"text": "Weather here?"},
+                {"image": {"format": "png", "source": {"bytes": "iVBO"}}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"toolUse": {"toolUseId": call_id, "name": "weather", "input": {"city": "Paris"}}}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"toolResult": {"toolUseId": call_id, "content": [{"text": "sunny"}]}}],
+        },
+    ]
+    assert body["inferenceConfig"] == {
+        "maxTokens": 64,
+        "temperature": 0.5,
+        "topP": 0.9,
+        "stopSequences": ["END"],
+    }
+    assert body["toolConfig"]["toolChoice"] == {"tool": {"name": "weather"}}
+    with pytest.raises(BadRequest) as caught:
+        bedrock.encode_request(
+            chat.decode_request({**CHAT_REQUEST, "response_format": {"type": "json_object"}}), "m"
+        )
+    assert caught.value.param == "response_format"
+
+
+def test_bedrock_answer_and_stream_map_stop_reasons_usage_and_tool_use() -> None:
+    answer = bedrock.decode_answer(
+        {
+            "output": {
+                "message": {
+                    "role": "assistant",
+                    "content": [
+                        {"text": "ok"},
+                        {"toolUse": {"toolUseId": "t1", "name": "f", "input": {"a": 1}}},
+                    ],
+                }
+            },
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7},
+        }
+    )
+    assert answer.parts == (hub.Text("ok"), hub.ToolCall("t1", "f", '{"a":1}'))
+    assert (answer.finish, answer.usage) == ("tool_calls", hub.Usage(3, 4))
+    decoder = bedrock.StreamDecoder()
+    items = [
+        ("messageStart", {"role": "assistant"}),
+        ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+        (
+            "contentBlockStart",
+            {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": "f"}}},
+        ),
+        ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": '{"a":'}}}),
+        ("contentBlockStop", {"contentBlockIndex": 1}),
+        ("messageStop", {"stopReason": "max_tokens"}),
+        ("metadata", {"usage": {"inputTokens": 2, "outputTokens": 1}}),
+    ]
+    events = [event for item in items for event in decoder.feed_item(item)] + decoder.finish()
+    assert events == [
+        hub.Start(""),
+        hub.TextDelta("Hi"),
+        hub.ToolCallStart(0, "t", "f"),
+        hub.ToolCallDelta(0, '{"a":'),
+        hub.Finish("length"),
+        hub.End(hub.Usage(2, 1)),
+    ]
+    with pytest.raises(UpstreamError) as caught:
+        bedrock.StreamDecoder().feed_item(("throttlingException", {"message": "slow down"}))
+    assert caught.value.code == "throttlingException"

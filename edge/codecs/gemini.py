@@ -29,7 +29,7 @@ from typing import Any
 from edge import hub
 from edge.errors import UpstreamError
 
-from ._checks import JSON, bad, count, is_int, stream_error, system_text, upstream
+from ._checks import JSON, arguments_object, bad, count, is_int, stream_error, system_text, upstream
 
 __all__ = [
     "StreamDecoder",
@@ -129,7 +129,7 @@ def _parts(part: hub.Part, names: dict[str, str]) -> list[JSON]:
         return [_image(part)]
     if isinstance(part, hub.ToolCall):
         names[part.id] = part.name
-        encoded: JSON = {"functionCall": {"name": part.name, "args": _arguments(part)}}
+        encoded: JSON = {"functionCall": {"name": part.name, "args": arguments_object(part)}}
         signature = _signature_of(part.id)
         if signature is not None:
             encoded["thoughtSignature"] = signature
@@ -138,18 +138,6 @@ def _parts(part: hub.Part, names: dict[str, str]) -> list[JSON]:
     if name is None:
         raise bad(part.where or "messages", f"tool result for unknown call {part.call_id!r}")
     return _tool_result(part, name)
-
-
-def _arguments(call: hub.ToolCall) -> JSON:
-    if not call.arguments.strip():
-        return {}
-    try:
-        value = json.loads(call.arguments)
-    except ValueError:
-        raise bad(call.where or "messages", "is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise bad(call.where or "messages", "expected a JSON object")
-    return value
 
 
 def _tool_result(result: hub.ToolResult, name: str) -> list[JSON]:
@@ -446,4 +434,3 @@ def decode_embeddings(body: Mapping[str, Any], model: str) -> JSON:
         "model": model,
         "usage": {"prompt_tokens": 0, "total_tokens": 0},
     }
-
