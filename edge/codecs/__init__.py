@@ -21,4 +21,8 @@ Formats:
   ``openai`` (and later ``azure``). Stream items are ``chat.completion.chunk`` dicts.
 * `edge.codecs.messages` — Anthropic Messages: door ``/v1/messages``; kind ``anthropic``.
   Stream items are ``(event, data)`` pairs.
+* `edge.codecs.gemini` — Google Gemini ``generateContent``: kind ``gemini`` (kind half
+  only). Stream items are the SSE chunks' decoded JSON.
+* `edge.codecs.bedrock` — AWS Bedrock Converse: kind ``bedrock`` (kind half only).
+  Stream items are ``(event type, payload)`` pairs out of `edge.eventstream` frames.
 """

@@ -8,6 +8,7 @@ caller answers 502) with one fixed prefix, so operators can grep for them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
@@ -92,3 +93,17 @@ def stop_list(value: object, where: str) -> tuple[str, ...]:
 def system_text(req: hub.Request) -> str:
     """The system texts as one, for formats with a single system field; "" if none."""
     return "\n\n".join(text for text in req.system if text)
+
+
+def arguments_object(call: hub.ToolCall) -> JSON:
+    """A call's JSON-text arguments as the object formats with structured arguments
+    need ("" reads as no arguments); `BadRequest` names the client's field otherwise."""
+    if not call.arguments.strip():
+        return {}
+    try:
+        value = json.loads(call.arguments)
+    except ValueError:
+        raise bad(call.where or "messages", "is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad(call.where or "messages", "expected a JSON object")
+    return value
