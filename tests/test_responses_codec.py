@@ -1,0 +1,77 @@
+"""The Responses door codec: requests decode to the hub, answers parse as the SDK's Response."""
+
+from __future__ import annotations
+
+import pytest
+from openai.types.responses import Response
+
+from edge import hub
+from edge.codecs import responses
+from edge.errors import BadRequest
+
+
+def test_items_instructions_and_tools_decode_to_hub_turns() -> None:
+    req = responses.decode_request(
+        {
+            "model": "m",
+            "instructions": "be brief",
+            "input": [
+                {"role": "developer", "content": "no jokes"},
+                {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
+                {"type": "function_call", "call_id": "c1", "name": "get", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            ],
+            "tools": [{"type": "function", "name": "get", "parameters": {"type": "object"}}],
+            "tool_choice": {"type": "function", "name": "get"},
+            "max_output_tokens": 50,
+            "temperature": 0.5,
+            "text": {"format": {"type": "json_object"}},
+            "metadata": {"k": "v"},
+            "store": True,
+        }
+    )
+    assert req.system == ("be brief", "no jokes")
+    assert [t.role for t in req.turns] == ["user", "assistant", "user"]
+    assert req.turns[1].parts == (hub.ToolCall("c1", "get", "{}", "input[2].arguments"),)
+    assert req.turns[2].parts == (hub.ToolResult("c1", "sunny", where="input[3].output"),)
+    assert (req.tool_choice, req.tool_name, req.max_tokens) == ("tool", "get", 50)
+    assert req.response_format == hub.ResponseFormat("json_object")
+    assert req.where == "input"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "input": []}, "input"),
+        ({"model": "m", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"model": "m", "input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+        ({"model": "m", "input": "x", "tool_choice": "always"}, "tool_choice"),
+    ],
+)
+def test_bad_fields_are_named(body: dict[str, object], param: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        responses.decode_request(body)
+    assert caught.value.param == param
+
+
+def test_answer_parses_as_the_sdk_response() -> None:
+    answer = hub.Answer(
+        id="up",
+        model="m",
+        parts=(hub.Text("hi"), hub.ToolCall("c1", "get", '{"a":1}')),
+        finish="length",
+        usage=hub.Usage(prompt=3, completion=4),
+    )
+    body = responses.encode_answer(
+        answer, "m", response_id="resp_1", item_ids=["msg_1", "fc_1"], created=7
+    )
+    parsed = Response.model_validate(body)
+    assert parsed.output_text == "hi"
+    assert parsed.status == "incomplete"
+    assert parsed.incomplete_details is not None
+    assert parsed.incomplete_details.reason == "max_output_tokens"
+    assert parsed.usage is not None
+    assert parsed.usage.total_tokens == 7
+    assert [item.id for item in parsed.output] == ["msg_1", "fc_1"]
