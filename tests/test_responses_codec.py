@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
+from openai import OpenAI
 from openai.types.responses import Response
 
 from edge import hub
@@ -75,3 +79,57 @@ def test_answer_parses_as_the_sdk_response() -> None:
     assert parsed.usage is not None
     assert parsed.usage.total_tokens == 7
     assert [item.id for item in parsed.output] == ["msg_1", "fc_1"]
+
+
+def _sse(events: list[tuple[str, dict[str, object]]]) -> bytes:
+    return b"".join(
+        f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events
+    )
+
+
+def test_stream_events_accumulate_in_the_sdk_to_the_json_answer() -> None:
+    """The SDK's own accumulator, over real HTTP, rebuilds the same Response as the JSON path."""
+    encoder = responses.StreamEncoder("m", response_id="resp_1", item_prefix="it", created=7)
+    events = []
+    for event in (
+        hub.Start("up"),
+        hub.TextDelta("he"),
+        hub.TextDelta("llo"),
+        hub.ToolCallStart(0, "c1", "get"),
+        hub.ToolCallDelta(0, '{"a":'),
+        hub.ToolCallDelta(0, "1}"),
+        hub.Finish("tool_calls"),
+        hub.End(hub.Usage(prompt=3, completion=4)),
+    ):
+        events += encoder.feed(event)
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    assert events[-1][0] == "response.completed"
+    payload = _sse(events)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=payload, headers={"content-type": "text/event-stream"})
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        OpenAI(api_key="k", base_url="http://edge.test/v1", http_client=http) as client,
+        client.responses.stream(model="m", input="hi") as stream,
+    ):
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    expected = responses.encode_answer(
+        hub.Answer(
+            "up",
+            "m",
+            (hub.Text("hello"), hub.ToolCall("c1", "get", '{"a":1}')),
+            "tool_calls",
+            hub.Usage(prompt=3, completion=4),
+        ),
+        "m",
+        response_id="resp_1",
+        item_ids=["it_0", "it_1"],
+        created=7,
+    )
+    assert final.model_dump(exclude_none=True) == Response.model_validate(expected).model_dump(
+        exclude_none=True
+    )

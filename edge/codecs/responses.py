@@ -17,7 +17,7 @@ from typing import Any
 from edge import hub
 from edge.codecs._checks import JSON, bad, is_int, nonempty, number
 
-__all__ = ["decode_request", "encode_answer"]
+__all__ = ["StreamEncoder", "decode_request", "encode_answer"]
 
 _ROLES = {"user", "assistant", "system", "developer"}
 _MODES: dict[str, hub.ToolChoiceMode] = {"auto": "auto", "none": "none", "required": "required"}
@@ -259,3 +259,168 @@ def _function_call(call: hub.ToolCall, item_id: str) -> JSON:
         "arguments": call.arguments,
         "status": "completed",
     }
+
+
+class StreamEncoder:
+    """Hub events -> Responses SSE events, as ``(event name, data)`` pairs.
+
+    Every event carries a rising ``sequence_number``; items get ids ``<prefix>_<n>`` so
+    that each delta names the item it belongs to, as the SDK's accumulator requires.
+    The stream ends with ``response.completed`` (``response.incomplete`` on a length
+    stop), or ``response.failed`` via `fail` when the upstream broke after the first byte.
+    """
+
+    def __init__(self, model: str, *, response_id: str, item_prefix: str, created: int) -> None:
+        self._model = model
+        self._id = response_id
+        self._prefix = item_prefix
+        self._created = created
+        self._seq = 0
+        self._parts: list[hub.Text | hub.ToolCall] = []
+        self._item_ids: list[str] = []
+        self._open: JSON | None = None  # the item being streamed, as output_item.added said
+        self._text: list[str] = []
+        self._finish: hub.FinishReason = "stop"
+        self._calls: dict[int, int] = {}  # hub tool call index -> index into _parts
+
+    def feed(self, event: hub.Event) -> list[tuple[str, JSON]]:
+        out: list[tuple[str, JSON]] = []
+        if isinstance(event, hub.Start):
+            shell = self._response("in_progress", [])
+            out.append(self._event("response.created", response=shell))
+            out.append(self._event("response.in_progress", response=shell))
+        elif isinstance(event, hub.TextDelta):
+            if self._open is None or self._open["type"] != "message":
+                out += self._close()
+                out += self._open_item(
+                    {"type": "message", "status": "in_progress", "role": "assistant", "content": []}
+                )
+                part = {"type": "output_text", "text": "", "annotations": []}
+                out.append(self._event("response.content_part.added", **self._at(), part=part))
+            self._text.append(event.text)
+            out.append(
+                self._event(
+                    "response.output_text.delta", **self._at(), delta=event.text, logprobs=[]
+                )
+            )
+        elif isinstance(event, hub.ToolCallStart):
+            out += self._close()
+            call_id = event.id or f"call_{self._prefix}_{event.index}"
+            self._calls[event.index] = len(self._parts)
+            self._parts.append(hub.ToolCall(call_id, event.name, ""))
+            out += self._open_item(
+                {
+                    "type": "function_call",
+                    "call_id": call_id,
+                    "name": event.name,
+                    "arguments": "",
+                    "status": "in_progress",
+                }
+            )
+        elif isinstance(event, hub.ToolCallDelta):
+            at = self._calls.get(event.index)
+            call = self._parts[at] if at is not None else None
+            if at is not None and isinstance(call, hub.ToolCall):
+                self._parts[at] = hub.ToolCall(call.id, call.name, call.arguments + event.arguments)
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=self._item_ids[-1],
+                        output_index=len(self._item_ids) - 1,
+                        delta=event.arguments,
+                    )
+                )
+        elif isinstance(event, hub.Finish):
+            self._finish = event.reason
+        elif isinstance(event, hub.End):
+            out += self._close()
+            answer = hub.Answer(
+                self._id, self._model, tuple(self._parts), self._finish, event.usage or hub.Usage()
+            )
+            final = encode_answer(
+                answer,
+                self._model,
+                response_id=self._id,
+                item_ids=self._item_ids,
+                created=self._created,
+            )
+            name = (
+                "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+            )
+            out.append(self._event(name, response=final))
+        return out
+
+    def fail(self, message: str) -> list[tuple[str, JSON]]:
+        """``response.failed``: the upstream broke after the client got the first byte."""
+        failed = self._response("failed", [])
+        failed["error"] = {"code": "server_error", "message": message}
+        return [self._event("response.failed", response=failed)]
+
+    def _response(self, status: str, output: list[JSON]) -> JSON:
+        return {
+            "id": self._id,
+            "object": "response",
+            "created_at": self._created,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "model": self._model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+
+    def _event(self, kind: str, /, **data: Any) -> tuple[str, JSON]:
+        body: JSON = {"type": kind, "sequence_number": self._seq, **data}
+        self._seq += 1
+        return kind, body
+
+    def _at(self) -> JSON:
+        return {
+            "item_id": self._item_ids[-1],
+            "output_index": len(self._item_ids) - 1,
+            "content_index": 0,
+        }
+
+    def _open_item(self, item: JSON) -> list[tuple[str, JSON]]:
+        item_id = f"{self._prefix}_{len(self._item_ids)}"
+        self._item_ids.append(item_id)
+        self._open = {"id": item_id, **item}
+        return [
+            self._event(
+                "response.output_item.added", output_index=len(self._item_ids) - 1, item=self._open
+            )
+        ]
+
+    def _close(self) -> list[tuple[str, JSON]]:
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        index = len(self._item_ids) - 1
+        out = []
+        if item["type"] == "message":
+            text = "".join(self._text)
+            self._text.clear()
+            self._parts.append(hub.Text(text))
+            done = _message(text, item["id"])
+            part = done["content"][0]
+            out.append(
+                self._event("response.output_text.done", **self._at(), text=text, logprobs=[])
+            )
+            out.append(self._event("response.content_part.done", **self._at(), part=part))
+        else:
+            call = self._parts[-1]
+            assert isinstance(call, hub.ToolCall)
+            done = _function_call(call, item["id"])
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=call.name,
+                    arguments=call.arguments,
+                )
+            )
+        out.append(self._event("response.output_item.done", output_index=index, item=done))
+        return out
