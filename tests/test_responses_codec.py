@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from openai import OpenAI
 from openai.types.responses import Response
@@ -106,17 +107,34 @@ def test_stream_events_accumulate_in_the_sdk_to_the_json_answer() -> None:
     assert events[-1][0] == "response.completed"
     payload = _sse(events)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=payload, headers={"content-type": "text/event-stream"})
+    class Replay(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
-    with (
-        httpx.Client(transport=httpx.MockTransport(handler)) as http,
-        OpenAI(api_key="k", base_url="http://edge.test/v1", http_client=http) as client,
-        client.responses.stream(model="m", input="hi") as stream,
-    ):
-        for _ in stream:
+        def log_message(self, *args: object) -> None:
             pass
-        final = stream.get_final_response()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        with (
+            OpenAI(api_key="k", base_url=base, max_retries=0) as client,
+            client.responses.stream(model="m", input="hi") as stream,
+        ):
+            for _ in stream:
+                pass
+            final = stream.get_final_response()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
     expected = responses.encode_answer(
         hub.Answer(
             "up",
