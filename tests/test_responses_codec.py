@@ -151,3 +151,36 @@ def test_stream_events_accumulate_in_the_sdk_to_the_json_answer() -> None:
     assert final.model_dump(exclude_none=True) == Response.model_validate(expected).model_dump(
         exclude_none=True
     )
+
+
+def test_kind_half_round_trips_through_the_door_half() -> None:
+    """What encode_request sends, a Responses door decodes back; likewise the answer."""
+    body = {
+        "model": "m",
+        "instructions": "sys",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+            {"type": "function_call", "call_id": "c1", "name": "get", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+        ],
+        "tools": [{"type": "function", "name": "get", "parameters": {"type": "object"}}],
+        "tool_choice": "required",
+        "max_output_tokens": 9,
+        "text": {"format": {"type": "json_schema", "name": "n", "schema": {"type": "object"}}},
+    }
+    req = responses.decode_request(body)
+    assert responses.decode_request(responses.encode_request(req, "up-model")) == (
+        responses.decode_request({**body, "model": "up-model"})
+    )
+    answer = hub.Answer(
+        "resp_9",
+        "m",
+        (hub.Text("a"), hub.ToolCall("c2", "f", "{}")),
+        "tool_calls",
+        hub.Usage(prompt=1, completion=2),
+        created=5,
+    )
+    wire = responses.encode_answer(
+        answer, "m", response_id="resp_9", item_ids=["a", "b"], created=5
+    )
+    assert responses.decode_answer(wire) == answer

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge import hub
-from edge.codecs._checks import JSON, bad, is_int, nonempty, number
+from edge.codecs._checks import JSON, bad, count, is_int, nonempty, number, upstream
 
-__all__ = ["StreamEncoder", "decode_request", "encode_answer"]
+__all__ = ["StreamEncoder", "decode_answer", "decode_request", "encode_answer", "encode_request"]
 
 _ROLES = {"user", "assistant", "system", "developer"}
 _MODES: dict[str, hub.ToolChoiceMode] = {"auto": "auto", "none": "none", "required": "required"}
@@ -424,3 +424,117 @@ class StreamEncoder:
             )
         out.append(self._event("response.output_item.done", output_index=index, item=done))
         return out
+
+
+# --------------------------------------------------------------------------- kind
+
+
+def encode_request(req: hub.Request, model: str) -> JSON:
+    """The Responses body for an upstream with ``responses_api = true`` serving `model`."""
+    items: list[JSON] = []
+    for turn in req.turns:
+        content: list[JSON] = []
+        for part in turn.parts:
+            if isinstance(part, hub.Text):
+                kind = "input_text" if turn.role == "user" else "output_text"
+                content.append({"type": kind, "text": part.text})
+            elif isinstance(part, hub.Image):
+                content.append({"type": "input_image", "image_url": part.url})
+            else:
+                if content:
+                    items.append({"role": turn.role, "content": content})
+                    content = []
+                items.append(_call_item(part))
+        if content:
+            items.append({"role": turn.role, "content": content})
+    out: JSON = {"model": model, "input": items}
+    if req.system:
+        out["instructions"] = "\n\n".join(req.system)
+    if req.tools:
+        out["tools"] = [
+            {
+                "type": "function",
+                "name": tool.name,
+                "parameters": dict(tool.parameters or {"type": "object", "properties": {}}),
+                **({"description": tool.description} if tool.description is not None else {}),
+                **({"strict": tool.strict} if tool.strict is not None else {}),
+            }
+            for tool in req.tools
+        ]
+        if req.tool_choice == "tool":
+            out["tool_choice"] = {"type": "function", "name": req.tool_name}
+        elif req.tool_choice is not None:
+            out["tool_choice"] = req.tool_choice
+    if req.response_format is not None:
+        fmt = req.response_format
+        spec: JSON = {"type": fmt.type}
+        if fmt.type == "json_schema":
+            spec.update(name=fmt.name or "response", schema=dict(fmt.schema or {}))
+            if fmt.strict is not None:
+                spec["strict"] = fmt.strict
+        out["text"] = {"format": spec}
+    for key, value in (
+        ("max_output_tokens", req.max_tokens),
+        ("temperature", req.temperature),
+        ("top_p", req.top_p),
+        ("stream", req.stream),
+    ):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _call_item(part: hub.ToolCall | hub.ToolResult) -> JSON:
+    if isinstance(part, hub.ToolCall):
+        return {
+            "type": "function_call",
+            "call_id": part.id,
+            "name": part.name,
+            "arguments": part.arguments,
+        }
+    output = part.content
+    if not isinstance(output, str):
+        output = "".join(p.text for p in output if isinstance(p, hub.Text))
+    return {"type": "function_call_output", "call_id": part.call_id, "output": output}
+
+
+def decode_answer(body: Mapping[str, Any]) -> hub.Answer:
+    """Read an upstream's ``response`` object; `UpstreamError` on a bad shape."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("output"), list):
+        raise upstream("the response has no output list")
+    parts: list[hub.Text | hub.ToolCall] = []
+    for item in body["output"]:
+        if not isinstance(item, Mapping):
+            raise upstream("an output item is not an object")
+        if item.get("type") == "message":
+            for part in item.get("content") or []:
+                if isinstance(part, Mapping) and part.get("type") in ("output_text", "refusal"):
+                    text = part.get("text", part.get("refusal"))
+                    if isinstance(text, str):
+                        parts.append(hub.Text(text))
+        elif item.get("type") == "function_call":
+            call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+            if not isinstance(call_id, str) or not isinstance(name, str):
+                raise upstream("a function call lacks its call_id or name")
+            parts.append(
+                hub.ToolCall(call_id, name, arguments if isinstance(arguments, str) else "")
+            )
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, Mapping) else {}
+    prompt, model, created = usage.get("input_tokens"), body.get("model"), body.get("created_at")
+    finish: hub.FinishReason = "stop"
+    if body.get("status") == "incomplete":
+        details = body.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, Mapping) else None
+        finish = "content_filter" if reason == "content_filter" else "length"
+    elif any(isinstance(p, hub.ToolCall) for p in parts):
+        finish = "tool_calls"
+    response_id = body.get("id")
+    return hub.Answer(
+        id=response_id if isinstance(response_id, str) else "",
+        model=model if isinstance(model, str) else "",
+        parts=tuple(parts),
+        finish=finish,
+        usage=hub.Usage(prompt if is_int(prompt) else None, count(usage.get("output_tokens"))),
+        created=created if is_int(created) else None,
+    )
