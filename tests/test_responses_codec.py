@@ -12,7 +12,7 @@ from openai.types.responses import Response
 
 from edge import hub
 from edge.codecs import responses
-from edge.errors import BadRequest
+from edge.errors import BadRequest, UpstreamError
 
 
 def test_items_instructions_and_tools_decode_to_hub_turns() -> None:
@@ -184,3 +184,31 @@ def test_kind_half_round_trips_through_the_door_half() -> None:
         answer, "m", response_id="resp_9", item_ids=["a", "b"], created=5
     )
     assert responses.decode_answer(wire) == answer
+
+
+def test_stream_decoder_reads_back_what_the_encoder_sends() -> None:
+    """Encoder then decoder gives the same hub events (the kind half reads the door half)."""
+    events: list[hub.Event] = [
+        hub.Start("resp_1"),
+        hub.TextDelta("hi"),
+        hub.ToolCallStart(0, "c1", "get"),
+        hub.ToolCallDelta(0, "{}"),
+        hub.Finish("tool_calls"),
+        hub.End(hub.Usage(prompt=2, completion=3)),
+    ]
+    encoder = responses.StreamEncoder("m", response_id="resp_1", item_prefix="it", created=1)
+    decoder = responses.StreamDecoder()
+    seen: list[hub.Event] = []
+    for event in events:
+        for _, data in encoder.feed(event):
+            seen += decoder.feed(data)
+    seen += decoder.finish()
+    assert seen == events
+
+
+def test_stream_decoder_raises_on_failure_and_on_a_cut_stream() -> None:
+    decoder = responses.StreamDecoder()
+    with pytest.raises(UpstreamError, match="overloaded"):
+        decoder.feed({"type": "response.failed", "response": {"error": {"message": "overloaded"}}})
+    with pytest.raises(UpstreamError):
+        responses.StreamDecoder().finish()

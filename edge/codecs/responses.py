@@ -15,9 +15,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge import hub
-from edge.codecs._checks import JSON, bad, count, is_int, nonempty, number, upstream
+from edge.codecs._checks import JSON, bad, count, is_int, nonempty, number, stream_error, upstream
 
-__all__ = ["StreamEncoder", "decode_answer", "decode_request", "encode_answer", "encode_request"]
+__all__ = [
+    "StreamDecoder",
+    "StreamEncoder",
+    "decode_answer",
+    "decode_request",
+    "encode_answer",
+    "encode_request",
+]
 
 _ROLES = {"user", "assistant", "system", "developer"}
 _MODES: dict[str, hub.ToolChoiceMode] = {"auto": "auto", "none": "none", "required": "required"}
@@ -538,3 +545,60 @@ def decode_answer(body: Mapping[str, Any]) -> hub.Answer:
         usage=hub.Usage(prompt if is_int(prompt) else None, count(usage.get("output_tokens"))),
         created=created if is_int(created) else None,
     )
+
+
+class StreamDecoder:
+    """An upstream's Responses SSE events (their data objects) -> hub events."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, int] = {}  # function_call item id -> hub tool call index
+        self._tools = False
+        self._ended = False
+
+    def feed(self, data: Mapping[str, Any]) -> list[hub.Event]:
+        kind = data.get("type") if isinstance(data, Mapping) else None
+        if kind == "response.created":
+            response = data.get("response")
+            rid = response.get("id") if isinstance(response, Mapping) else None
+            return [hub.Start(rid if isinstance(rid, str) else "")]
+        if kind == "response.output_text.delta":
+            delta = data.get("delta")
+            return [hub.TextDelta(delta)] if isinstance(delta, str) and delta else []
+        if kind == "response.output_item.added":
+            item = data.get("item")
+            if isinstance(item, Mapping) and item.get("type") == "function_call":
+                name, call_id = item.get("name"), item.get("call_id")
+                if not isinstance(name, str):
+                    raise upstream("a function call item lacks its name")
+                index = self._calls[str(item.get("id"))] = len(self._calls)
+                self._tools = True
+                return [
+                    hub.ToolCallStart(index, call_id if isinstance(call_id, str) else None, name)
+                ]
+            return []
+        if kind == "response.function_call_arguments.delta":
+            at = self._calls.get(str(data.get("item_id")))
+            delta = data.get("delta")
+            if at is None:
+                raise upstream("arguments for a function call that never began")
+            return [hub.ToolCallDelta(at, delta)] if isinstance(delta, str) and delta else []
+        if kind in ("response.completed", "response.incomplete"):
+            self._ended = True
+            response = data.get("response")
+            answer = decode_answer(response if isinstance(response, Mapping) else {})
+            finish: hub.FinishReason = answer.finish
+            if finish == "stop" and self._tools:
+                finish = "tool_calls"
+            return [hub.Finish(finish), hub.End(answer.usage)]
+        if kind in ("response.failed", "error"):
+            response = data.get("response")
+            error = response.get("error") if isinstance(response, Mapping) else data
+            error = error if isinstance(error, Mapping) else {}
+            raise stream_error(error.get("message"), error.get("code"))
+        return []
+
+    def finish(self) -> list[hub.Event]:
+        """The upstream closed its stream; without response.completed that is a failure."""
+        if not self._ended:
+            raise upstream("the stream ended before response.completed")
+        return []
