@@ -122,6 +122,10 @@ class MessageAssembler:
         completion = reported_count(self._usage.get("output_tokens")) if self._delta_seen else None
         return (prompt or None), completion
 
+    def feed_item(self, item: tuple[str | None, Mapping[str, Any]]) -> None:
+        """`feed` for one relayed stream item, an ``(event, data)`` pair."""
+        self.feed(*item)
+
     def feed(self, event: str | None, data: Mapping[str, Any]) -> None:
         kind = event or data.get("type")
         if kind == "message_start":

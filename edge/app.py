@@ -660,7 +660,7 @@ class EdgeApp:
         req = call.req
         send = req.send
         dialect = call.dialect
-        strip_usage = dialect is _CHAT and not call.wants_usage
+        wants_usage = call.wants_usage
         req.provider, req.cache = dep.provider.name, call.policy.header
         latency = round(req.elapsed_ms(), 3)
         headers = [
@@ -686,14 +686,8 @@ class EdgeApp:
             out: list[bytes] = []
             try:
                 while item is not None:
-                    assembler.feed(*item) if dialect.anthropic else assembler.feed(item)
-                    if strip_usage and "usage" in item:
-                        # edge asked upstream for usage (cost, tokens); this client did not,
-                        # so it sees neither the usage-only chunk nor the "usage" field
-                        if item["usage"] is not None and not item.get("choices"):
-                            item = None
-                        else:
-                            item = {k: v for k, v in item.items() if k != "usage"}
+                    assembler.feed_item(item)
+                    item = dialect.for_client(item, wants_usage)
                     if item is not None:
                         out.append(dialect.frame(item))
                     if out and not source.ready():

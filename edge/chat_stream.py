@@ -109,6 +109,8 @@ class ChatAssembler:
         return reported_count(usage.get("prompt_tokens")), reported_count(
             usage.get("completion_tokens"))
 
+    feed_item = feed  # one relayed stream item, as every door's assembler takes it
+
     def result(self) -> dict[str, Any]:
         choices = []
         for index in sorted(self._choices):

@@ -1,10 +1,18 @@
-"""The two front doors' formats: OpenAI chat/embeddings and Anthropic messages.
+"""The front doors: what differs between /v1/chat/completions, /v1/embeddings and /v1/messages.
 
 The request lifecycle (cache, coalescing, attempts, disconnects) is the same for every
-front door; what differs is how a request is validated, how one deployment is asked for
-an answer (natively, or translated for a provider of the other kind), what a stream's
-items are and how they are framed, and how a stored answer is replayed. A `Dialect`
-holds exactly those differences, so `app.py` is written once.
+front door; what differs is how a request is validated, what a stream's items are and
+how they are framed, and how a stored answer is replayed. A `Dialect` holds exactly
+those differences, so the completion path is written once.
+
+Asking one deployment for an answer is the same walk for every door and every provider
+kind, decided in one place, `Dialect.native`: when the door's format is the provider's
+(`Provider.codec`), the client's request is passed through untranslated (its raw bytes
+when nothing changed) and the answer comes back as the upstream sent it; otherwise the
+door's codec decodes the request into the hub, the provider's codec encodes it for the
+upstream and decodes its answer (or its stream items) back into the hub, and the door's
+codec encodes that for the client. N doors and M kinds are N + M codecs, never N x M
+translators (docs/ARCHITECTURE.md).
 
 Cache keys: each front door has its own key space (the endpoint is part of the key's
 scope), because the stored answers are in that front door's format. The same question
@@ -13,32 +21,29 @@ asked through /v1/chat/completions and through /v1/messages is two entries.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from . import schema
+from . import hub, schema
 from .anthropic_stream import MessageAssembler, replay_events
 from .chat_stream import ChatAssembler, replay_chunks
+from .codecs import chat, messages
 from .errors import EdgeError, UpstreamError, render
-from .providers import ChunkStream
-from .providers.anthropic import AnthropicProvider
-from .providers.anthropic_translate import (
-    OpenAIStreamToAnthropic,
-    anthropic_request_to_openai,
-    openai_response_to_anthropic,
-)
+from .providers import Provider
 from .routing import Deployment
 from .sse import DONE, frame, frame_event
 
-Item = Any  # a stream item: an OpenAI chunk dict, or an Anthropic (event, data) pair
+Item = Any  # a stream item in the door's format (an OpenAI chunk, an Anthropic pair)
 
 
 class EventSource:
-    """An open upstream stream, in the dialect's items; `first` was read before committing."""
+    """An open upstream stream, in the door's items; `first` was read before committing."""
 
     def __init__(self, items: Any, first: Item) -> None:
         self.items = items
@@ -60,6 +65,8 @@ class Dialect(ABC):
     """What differs between front doors; see the module docstring."""
 
     endpoint = ""
+    operation = "chat"  # what the provider is asked for: "chat" (a completion), "embeddings"
+    codec: Any = None  # the `edge.codecs` module of the door's format
     anthropic = False  # errors in Anthropic's format
     stream_end = b""
 
@@ -67,13 +74,41 @@ class Dialect(ABC):
     def validate(self, body: dict[str, Any]) -> str:
         """Check the request (400 naming the field); returns the requested model."""
 
-    @abstractmethod
+    def native(self, provider: Provider) -> bool:
+        """Pass the request through untranslated: the one place this is decided."""
+        return provider.codec is self.codec
+
     async def fetch(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
-        """One complete answer from `dep`, in this dialect's format."""
+        """One complete answer from `dep`, in this door's format."""
+        provider = dep.provider
+        if self.native(provider):
+            return await provider.complete(self.operation, body, dep.model, raw)
+        kind = provider.codec
+        request = dataclasses.replace(self.codec.decode_request(body), stream=None)
+        answer = await provider.complete(
+            "chat", kind.encode_request(request, dep.model), dep.model, None)
+        return self.encode_answer(kind.decode_answer(answer), dep.model)
+
+    async def open(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> EventSource:
+        """Open a stream from `dep` and read its first item (failover is possible until then)."""
+        provider = dep.provider
+        if self.native(provider):
+            return await _first(
+                await provider.open_stream(self.operation, body, dep.model, raw), dep)
+        kind = provider.codec
+        request = dataclasses.replace(self.codec.decode_request(body), stream=True)
+        items = await provider.open_stream(
+            "chat", kind.encode_request(request, dep.model), dep.model, None)
+        return await _first(_Translated(items, kind.StreamDecoder(),
+                                        self.stream_encoder(dep.model)), dep)
 
     @abstractmethod
-    async def open(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> EventSource:
-        """Open a stream from `dep` and read its first item."""
+    def encode_answer(self, answer: hub.Answer, model: str) -> dict[str, Any]:
+        """A translated answer in this door's format."""
+
+    @abstractmethod
+    def stream_encoder(self, model: str) -> Any:
+        """A fresh `codec.StreamEncoder` for one translated stream."""
 
     @abstractmethod
     def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
@@ -81,8 +116,12 @@ class Dialect(ABC):
 
     @abstractmethod
     def assembler(self, max_bytes: int) -> Any:
-        """A fresh object that assembles stream items into a complete answer, keeping at
-        most `max_bytes` (past that it only counts; see `edge.chat_stream`)."""
+        """A fresh object that assembles stream items (`feed_item`) into a complete answer,
+        keeping at most `max_bytes` (past that it only counts; see `edge.chat_stream`)."""
+
+    def for_client(self, item: Item, wants_usage: bool) -> Item | None:
+        """The item as this client gets it (None: not at all)."""
+        return item
 
     @abstractmethod
     def frame(self, item: Item) -> bytes:
@@ -100,21 +139,27 @@ class Dialect(ABC):
 class OpenAIDialect(Dialect):
     """POST /v1/chat/completions and /v1/embeddings."""
 
+    codec = chat
     stream_end = DONE
 
     def __init__(self, endpoint: str, validate: Callable[[dict[str, Any]], str]) -> None:
-        self.endpoint = endpoint
+        self.endpoint = self.operation = endpoint
         self._validate = validate
 
     def validate(self, body: dict[str, Any]) -> str:
         return self._validate(body)
 
-    async def fetch(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
-        return await dep.provider.complete(self.endpoint, body, dep.model, raw)
+    def native(self, provider: Provider) -> bool:
+        # embeddings have no hub form: every adapter takes them in OpenAI's format
+        return self.endpoint == "embeddings" or provider.codec is self.codec
 
-    async def open(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> EventSource:
-        stream = await dep.provider.open_stream(self.endpoint, body, dep.model, raw)
-        return await _first(stream, dep)
+    def encode_answer(self, answer: hub.Answer, model: str) -> dict[str, Any]:
+        return chat.encode_answer(answer, model, created=int(time.time()))
+
+    def stream_encoder(self, model: str) -> chat.StreamEncoder:
+        # Usage is always asked for (cost, token metrics, tpm); `for_client` drops it
+        # again for a client that did not ask for it.
+        return chat.StreamEncoder(model, include_usage=True, created=int(time.time()))
 
     def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
         usage = answer.get("usage")
@@ -124,6 +169,15 @@ class OpenAIDialect(Dialect):
 
     def assembler(self, max_bytes: int) -> ChatAssembler:
         return ChatAssembler(max_bytes)
+
+    def for_client(self, item: Item, wants_usage: bool) -> Item | None:
+        if wants_usage or "usage" not in item:
+            return item
+        # edge asked upstream for usage (cost, tokens); this client did not, so it sees
+        # neither the usage-only chunk nor the "usage" field
+        if item["usage"] is not None and not item.get("choices"):
+            return None
+        return {k: v for k, v in item.items() if k != "usage"}
 
     def frame(self, item: Item) -> bytes:
         return frame(item)
@@ -136,36 +190,22 @@ class OpenAIDialect(Dialect):
 
 
 class AnthropicDialect(Dialect):
-    """POST /v1/messages: native to Anthropic providers, translated for OpenAI-kind ones."""
+    """POST /v1/messages."""
 
     endpoint = "messages"
+    codec = messages
     anthropic = True
 
     def validate(self, body: dict[str, Any]) -> str:
         return schema.validate_messages(body)
 
-    async def fetch(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
-        provider = dep.provider
-        if isinstance(provider, AnthropicProvider):
-            return await provider.messages(body, dep.model, raw)
-        request = anthropic_request_to_openai(body, dep.model)
-        request.pop("stream", None)
-        request.pop("stream_options", None)
-        answer = await provider.complete("chat", request, dep.model, None)
-        return openai_response_to_anthropic(answer, dep.model)
+    def encode_answer(self, answer: hub.Answer, model: str) -> dict[str, Any]:
+        return messages.encode_answer(answer, model)
 
-    async def open(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> EventSource:
-        provider = dep.provider
-        if isinstance(provider, AnthropicProvider):
-            native = await provider.open_messages_stream(body, dep.model, raw)
-            return await _first(native, dep)
-        request = anthropic_request_to_openai({**body, "stream": True}, dep.model)
-        chunks = await provider.open_stream("chat", request, dep.model, None)
+    def stream_encoder(self, model: str) -> messages.StreamEncoder:
         # Random, as Anthropic's own ids look: a time stamp plus id() repeats whenever a
         # freed stream's address is reused within the same second.
-        message_id = "msg_" + os.urandom(12).hex()
-        return await _first(_TranslatedEvents(chunks, OpenAIStreamToAnthropic(
-            dep.model, message_id=message_id)), dep)
+        return messages.StreamEncoder(model, message_id="msg_" + os.urandom(12).hex())
 
     def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
         usage = answer.get("usage")
@@ -188,37 +228,40 @@ class AnthropicDialect(Dialect):
         return b"".join(frame_event(name, data) for name, data in replay_events(answer))
 
 
-class _TranslatedEvents:
-    """An OpenAI chunk stream seen as Anthropic (event, data) pairs."""
+class _Translated:
+    """A provider's stream items seen as a door's: kind decoder into the hub, door encoder out."""
 
-    def __init__(self, chunks: ChunkStream, translate: OpenAIStreamToAnthropic) -> None:
-        self.chunks = chunks
-        self.translate = translate
-        self.pending: list[tuple[str, dict[str, Any]]] = []
+    def __init__(self, items: Any, decoder: Any, encoder: Any) -> None:
+        self.items = items
+        self.decoder = decoder
+        self.encoder = encoder
+        self.pending: list[Item] = []
         self.ended = False
 
-    def __aiter__(self) -> _TranslatedEvents:
+    def __aiter__(self) -> _Translated:
         return self
 
-    async def __anext__(self) -> tuple[str, dict[str, Any]]:
+    async def __anext__(self) -> Item:
         while not self.pending:
             if self.ended:
                 raise StopAsyncIteration
-            chunk = await anext(self.chunks, None)
-            if chunk is None:
+            item = await anext(self.items, None)
+            if item is None:
                 self.ended = True
-                self.pending.extend(self.translate.finish())
+                events = self.decoder.finish()
             else:
-                self.pending.extend(self.translate.feed(chunk))
+                events = self.decoder.feed_item(item)
+            encode = self.encoder.feed
+            self.pending.extend(out for event in events for out in encode(event))
         return self.pending.pop(0)
 
     def ready(self) -> bool:
-        # Not `chunks.ready()`: a chunk in hand may translate to no event, and the next
+        # Not `items.ready()`: an item in hand may translate to nothing, and the next
         # one may then need a read; a relay holding frames across that read would delay them.
         return bool(self.pending) or self.ended
 
     async def aclose(self) -> None:
-        await self.chunks.aclose()
+        await self.items.aclose()
 
 
 async def _first(items: Any, dep: Deployment) -> EventSource:

@@ -25,9 +25,12 @@ from pydantic import TypeAdapter
 
 from edge.anthropic_stream import MessageAssembler, replay_events
 from edge.config import ProviderConfig
+from edge.dialects import OpenAIDialect
 from edge.errors import UpstreamConnectError, UpstreamError, UpstreamStatus, UpstreamTimeout
 from edge.providers import KINDS, make_provider
 from edge.providers.anthropic import AnthropicProvider
+from edge.routing import Breaker, Deployment, DeploymentStats
+from edge.schema import validate_chat
 from edge.sse import frame_event
 
 PROVIDER_KEY = "sk-ant-test-provider-secret-0123456789"
@@ -625,17 +628,18 @@ async def _collect(stream: Any, into: list[Any] | None = None) -> list[Any]:
 
 async def test_native_messages(mock_provider: AnthropicProvider) -> None:
     body = _native("native hello")
-    message = await mock_provider.messages(body, body["model"], orjson.dumps(body))
+    message = await mock_provider.complete("chat", body, body["model"], orjson.dumps(body))
     Message.model_validate(message)
     assert message["content"] == [{"type": "text", "text": "Mock reply to: native hello"}]
     assert message["model"] == "claude-3-5-haiku-latest"
     assert message["stop_reason"] == "end_turn"
     # routing chose another upstream name: the body is re-encoded with it
-    rerouted = await mock_provider.messages(body, "claude-3-opus-latest", orjson.dumps(body))
+    rerouted = await mock_provider.complete("chat", body, "claude-3-opus-latest",
+                                            orjson.dumps(body))
     assert rerouted["model"] == "claude-3-opus-latest"
     # a stream flag on the JSON door is dropped rather than answered with SSE
     flagged = {**body, "stream": True}
-    answer = await mock_provider.messages(flagged, body["model"], orjson.dumps(flagged))
+    answer = await mock_provider.complete("chat", flagged, body["model"], orjson.dumps(flagged))
     assert answer["content"] == message["content"]
 
 
@@ -647,15 +651,15 @@ async def test_native_raw_forwarded_verbatim(canned_provider: AnthropicProvider,
     raw = b'{"model":  "canned-echo", "max_tokens": 5,\n "messages": [{"role": "user", ' \
           b'"content": "hi"}], "x_vendor_field": {"keep": true}}'
     body = orjson.loads(raw)
-    assert await canned_provider.messages(body, "canned-echo", raw) == CANNED_MESSAGE
+    assert await canned_provider.complete("chat", body, "canned-echo", raw) == CANNED_MESSAGE
     assert canned.seen[-1][2] == raw
     assert canned.seen[-1][1]["x-api-key"] == PROVIDER_KEY
     assert canned.seen[-1][1]["anthropic-version"] == "2023-06-01"  # the config default
 
 
 async def test_native_stream(mock_provider: AnthropicProvider) -> None:
-    body = _native("native stream please")  # no stream flag: open_messages_stream adds it
-    events = await _collect(await mock_provider.open_messages_stream(body, body["model"], None))
+    body = _native("native stream please")  # no stream flag: open_stream adds it
+    events = await _collect(await mock_provider.open_stream("chat", body, body["model"], None))
     names = [name for name, _ in events]
     assert names[:3] == ["message_start", "content_block_start", "ping"]
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
@@ -674,7 +678,7 @@ async def test_native_stream(mock_provider: AnthropicProvider) -> None:
 
 async def test_native_stream_cut_before_message_stop(mock_provider: AnthropicProvider) -> None:
     body = _native("!mock cut_after=1", stream=True)
-    stream = await mock_provider.open_messages_stream(body, body["model"], orjson.dumps(body))
+    stream = await mock_provider.open_stream("chat", body, body["model"], orjson.dumps(body))
     events: list[tuple[str, dict[str, Any]]] = []
     with pytest.raises(UpstreamConnectError):  # a cut chunked body, or an early clean end
         await _collect(stream, events)
@@ -685,14 +689,14 @@ async def test_native_stream_cut_before_message_stop(mock_provider: AnthropicPro
 
 async def test_native_stream_invalid_json(mock_provider: AnthropicProvider) -> None:
     body = _native("!mock invalid=1")
-    stream = await mock_provider.open_messages_stream(body, body["model"], None)
+    stream = await mock_provider.open_stream("chat", body, body["model"], None)
     with pytest.raises(UpstreamError, match="invalid event stream"):
         await _collect(stream)
 
 
 async def test_native_stream_error_event(canned_provider: AnthropicProvider) -> None:
     body = _native("x", model="canned-error-event")
-    stream = await canned_provider.open_messages_stream(body, body["model"], None)
+    stream = await canned_provider.open_stream("chat", body, body["model"], None)
     events: list[tuple[str, dict[str, Any]]] = []
     with pytest.raises(UpstreamError) as caught:
         await _collect(stream, events)
@@ -707,16 +711,46 @@ async def test_native_stream_idle_timeout(upstreams: tuple[MockUpstream, CannedU
     provider = _provider(upstreams[0].url, stream_idle_timeout_s=0.5)
     try:
         body = _native("!mock chunk_delay_ms=5000 slow")
-        stream = await provider.open_messages_stream(body, body["model"], None)
+        stream = await provider.open_stream("chat", body, body["model"], None)
         with pytest.raises(UpstreamTimeout):
             await _collect(stream)
     finally:
         await provider.aclose()
 
 
+def _deployment(provider: AnthropicProvider, model: str) -> Deployment:
+    return Deployment(provider, model, DeploymentStats(0.0, 0.0), Breaker(3, 30.0))
+
+
+async def _open_chat(provider: AnthropicProvider, body: dict[str, Any], model: str) -> Any:
+    """An OpenAI-format stream from the anthropic kind: the chat door translates it."""
+    source = await OpenAIDialect("chat", validate_chat).open(
+        _deployment(provider, model), body, orjson.dumps(body))
+    return _Replayed(source)
+
+
+class _Replayed:
+    """An `EventSource` read as a plain stream, its first item included."""
+
+    def __init__(self, source: Any) -> None:
+        self.source, self.first = source, [source.first]
+
+    def __aiter__(self) -> _Replayed:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = self.first.pop() if self.first else await self.source.next()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        await self.source.aclose()
+
+
 async def test_chat_stream_error_event(canned_provider: AnthropicProvider) -> None:
     body = {"model": "canned-error-event", "messages": _user("x"), "stream": True}
-    stream = await canned_provider.open_stream("chat", body, "canned-error-event", None)
+    stream = await _open_chat(canned_provider, body, "canned-error-event")
     chunks: list[dict[str, Any]] = []
     with pytest.raises(UpstreamError, match="^Overloaded$"):
         await _collect(stream, chunks)
@@ -726,7 +760,7 @@ async def test_chat_stream_error_event(canned_provider: AnthropicProvider) -> No
 
 async def test_chat_stream_chunks(mock_provider: AnthropicProvider) -> None:
     body = {"model": HAIKU, "messages": _user("chunks"), "stream": True}
-    stream = await mock_provider.open_stream("chat", body, HAIKU, None)
+    stream = await _open_chat(mock_provider, body, HAIKU)
     chunks = [chunk async for chunk in stream]
     await stream.aclose()
     usage = chunks[-1]
@@ -752,7 +786,7 @@ async def test_status_errors(upstreams: tuple[MockUpstream, CannedUpstream], sta
     try:
         body = _native(f"!mock status={status} retry_after=3")
         with pytest.raises(UpstreamStatus) as caught:
-            await provider.messages(body, body["model"], None)
+            await provider.complete("chat", body, body["model"], None)
     finally:
         await provider.aclose()
     error = caught.value

@@ -14,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _codec_pairs import (
+    DEFAULT_MAX_TOKENS,
+    AnthropicStreamToOpenAI,
+    OpenAIStreamToAnthropic,
+    anthropic_request_to_openai,
+    anthropic_response_to_openai,
+    openai_request_to_anthropic,
+    openai_response_to_anthropic,
+)
 from anthropic.types import Message, RawMessageStreamEvent
 from anthropic.types import message_create_params as anthropic_params
 from hypothesis import HealthCheck, given, settings
@@ -23,15 +32,6 @@ from openai.types.chat import completion_create_params as openai_params
 from pydantic import TypeAdapter
 
 from edge.errors import BadRequest, UpstreamError
-from edge.providers.anthropic_translate import (
-    DEFAULT_MAX_TOKENS,
-    AnthropicStreamToOpenAI,
-    OpenAIStreamToAnthropic,
-    anthropic_request_to_openai,
-    anthropic_response_to_openai,
-    openai_request_to_anthropic,
-    openai_response_to_anthropic,
-)
 
 GOLDEN = Path(__file__).parent / "golden" / "anthropic"
 CASES = sorted(GOLDEN.glob("*.json"))

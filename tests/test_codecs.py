@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _codec_pairs import openai_request_to_anthropic
 from anthropic.types import Message
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,7 +36,6 @@ from test_anthropic_translate import (
 
 from edge import hub
 from edge.codecs import chat, messages
-from edge.providers.anthropic_translate import openai_request_to_anthropic
 
 GOLDEN = Path(__file__).parent / "golden" / "hub"
 CASES = sorted(GOLDEN.glob("*/*.json"))

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge import hub
+from edge.errors import UpstreamError
 
 from ._checks import (
     JSON,
@@ -42,6 +43,7 @@ __all__ = [
     "decode_request",
     "encode_answer",
     "encode_request",
+    "error_in",
 ]
 
 _ID_PREFIX = "chatcmpl-"
@@ -526,6 +528,17 @@ def encode_answer(answer: hub.Answer, model: str, *, created: int) -> JSON:
 # --------------------------------------------------------------------------- kind: stream
 
 
+def error_in(chunk: Mapping[str, Any]) -> UpstreamError | None:
+    """The error an upstream reported as a stream chunk (``{"error": ...}`` without
+    choices), or None. Read here only, for the native relay and the hub alike."""
+    if "error" not in chunk or chunk.get("choices"):
+        return None
+    error = chunk["error"]
+    if isinstance(error, Mapping):
+        return stream_error(error.get("message"), error.get("code") or error.get("type"))
+    return stream_error(error if isinstance(error, str) else None)
+
+
 class StreamDecoder:
     """Upstream ``chat.completion.chunk`` dicts in, hub events out.
 
@@ -553,9 +566,9 @@ class StreamDecoder:
         """
         if self.done:
             return []
-        error = chunk.get("error")
-        if isinstance(error, Mapping):
-            raise stream_error(error.get("message"))
+        error = error_in(chunk)
+        if error is not None:
+            raise error
         events = self._start(chunk.get("id"))
         usage = chunk.get("usage")
         if isinstance(usage, Mapping):
@@ -583,6 +596,8 @@ class StreamDecoder:
         if isinstance(finish, str):
             self._finish = finish
         return events
+
+    feed_item = feed  # every kind's decoder takes its stream items by this name
 
     def finish(self) -> list[hub.Event]:
         """The closing events; call once the upstream's stream ended normally."""

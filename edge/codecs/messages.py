@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge import hub
+from edge.errors import UpstreamError
 
 from ._checks import (
     JSON,
@@ -47,6 +48,7 @@ __all__ = [
     "decode_request",
     "encode_answer",
     "encode_request",
+    "error_in",
 ]
 
 DEFAULT_MAX_TOKENS = 4096
@@ -526,6 +528,15 @@ def encode_answer(answer: hub.Answer, model: str) -> JSON:
 # --------------------------------------------------------------------------- kind: stream
 
 
+def error_in(data: Mapping[str, Any]) -> UpstreamError:
+    """The error of an upstream ``error`` event, in its own words. Read here only, for
+    the native relay and the hub alike."""
+    error = data.get("error")
+    if not isinstance(error, Mapping):
+        return stream_error(None)
+    return stream_error(error.get("message"), error.get("type"))
+
+
 class StreamDecoder:
     """Anthropic ``(event, data)`` pairs in, hub events out.
 
@@ -544,6 +555,20 @@ class StreamDecoder:
         self._usage: dict[str, int] = {}
         self._finished = False
 
+    def feed_item(self, item: tuple[str, Mapping[str, Any]]) -> list[hub.Event]:
+        """`feed` for one stream item as the anthropic adapter yields it."""
+        return self.feed(*item)
+
+    def finish(self) -> list[hub.Event]:
+        """Nothing more at the upstream's normal end: message_stop already ended it.
+
+        Raises:
+            UpstreamError: the stream ended before message_stop.
+        """
+        if not self.done:
+            raise upstream("the stream ended before message_stop")
+        return []
+
     def feed(self, event: str, data: Mapping[str, Any]) -> list[hub.Event]:
         """Return the hub events of one upstream event (maybe none).
 
@@ -553,10 +578,7 @@ class StreamDecoder:
         """
         kind = event or data.get("type")
         if kind == "error":
-            error = data.get("error")
-            if not isinstance(error, Mapping):
-                raise stream_error(None)
-            raise stream_error(error.get("message"), error.get("type"))
+            raise error_in(data)
         if self.done or kind == "ping":
             return []
         if kind == "message_start":

@@ -1,9 +1,12 @@
 """What every provider adapter shares: the transport boundary and its error translation.
 
-An adapter turns an OpenAI-format request into an `httpx.Request`, sends it through an
-httpx transport (`handle_async_request`, no AsyncClient middleware), and turns the answer
-back into OpenAI format. Every httpx exception is translated here into an `Upstream*`
-error; nothing above this layer catches httpx types.
+An adapter does only IO, in its upstream's own wire format: it turns a request body of
+that format into an `httpx.Request` (URL, headers, auth), sends it through an httpx
+transport (`handle_async_request`, no AsyncClient middleware) and hands back the answer,
+or the stream's items, as the upstream sent them. Translating between formats is the
+front door's job (`edge.dialects`, through the hub and `Provider.codec`). Every httpx
+exception is translated here into an `Upstream*` error; nothing above this layer catches
+httpx types.
 
 Deadlines (SPEC §10 "Stalled upstreams"), all cancel scopes or transport timeouts:
 
@@ -40,8 +43,9 @@ from ..sse import SSEError, SSEParser
 MAX_ERROR_BODY = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
-# One SSE event (name, data) -> (OpenAI chunks to emit, whether the stream is complete).
-Decoder = Callable[[str | None, bytes], tuple[list[dict[str, Any]], bool]]
+# One SSE event (name, data) -> (stream items to emit, whether the stream is complete).
+# An upstream error event raises `UpstreamError` (the codec's `error_in` reads it).
+Decoder = Callable[[str | None, bytes], tuple[list[Any], bool]]
 
 # Set by the attempt running in this task (`failover.Attempts`), called when the answer's
 # headers arrive: the hedge timer and the latency average stop there, not at the body's end.
@@ -50,9 +54,13 @@ HEADERS_ARRIVED: ContextVar[Callable[[], None] | None] = ContextVar(
 
 
 class Provider(ABC):
-    """Base adapter. Subclasses set `kind` and implement `complete` and `open_stream`."""
+    """Base adapter. Subclasses set `kind` and `codec` and implement `complete` and
+    `open_stream`, both in the upstream's own format (`codec`'s)."""
 
     kind = ""
+    # The `edge.codecs` module of the format this upstream speaks: a front door of the
+    # same format passes requests through; any other translates through the hub with it.
+    codec: Any = None
     # Adds trace-context headers (traceparent) to each upstream request when tracing is on.
     inject: Callable[[list[tuple[str, str]]], None] | None = None
 
@@ -84,13 +92,20 @@ class Provider(ABC):
     async def complete(
         self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
     ) -> dict[str, Any]:
-        """One non-streaming answer in OpenAI format; raises `Upstream*` errors."""
+        """One non-streaming answer, in the upstream's format; raises `Upstream*` errors.
+
+        `endpoint` is ``"chat"`` (`body` is a completion request in `codec`'s format) or
+        ``"embeddings"`` (`body` is an OpenAI embeddings request, whatever the kind).
+        """
 
     @abstractmethod
     async def open_stream(
         self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
     ) -> ChunkStream:
-        """Send a streaming request; returns once the upstream accepted it (2xx headers)."""
+        """Send a streaming request; returns once the upstream accepted it (2xx headers).
+
+        The stream's items are the upstream's own (`codec.StreamDecoder.feed_item` reads them).
+        """
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -256,9 +271,9 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class ChunkStream:
-    """An upstream SSE answer as OpenAI chunk dicts, read as the upstream sends them.
+    """An upstream SSE answer as the upstream's stream items, read as it sends them.
 
-    `decode(event_name, data)` turns one SSE event into chunks (possibly none) and says
+    `decode(event_name, data)` turns one SSE event into items (possibly none) and says
     whether it completed the stream. Iteration ends there; an upstream that stops before
     it raises `UpstreamConnectError`, so a cut stream is never taken for a whole one, and
     one silent for `stream_idle_timeout_s` since its last event (or its headers) raises
@@ -271,7 +286,7 @@ class ChunkStream:
         self._decode = decode
         self._parser = SSEParser()
         self._raw = response.stream.__aiter__()  # type: ignore[union-attr]
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Any] = []
         self._finished = False
         # A decode error is raised only after the chunks decoded before it in the same
         # network read have been handed out, so a client gets the text that preceded it.
@@ -282,7 +297,7 @@ class ChunkStream:
     def __aiter__(self) -> ChunkStream:
         return self
 
-    async def __anext__(self) -> dict[str, Any]:
+    async def __anext__(self) -> Any:
         while not self._pending:
             if self._error is not None:
                 raise self._error

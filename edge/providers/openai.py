@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 
+from ..codecs import chat
 from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..sse import SSEError
@@ -21,6 +22,7 @@ _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 
 class OpenAIProvider(Provider):
     kind = "openai"
+    codec = chat
 
     def __init__(
         self,
@@ -80,8 +82,7 @@ def _decode_openai_event(name: str | None, data: bytes) -> tuple[list[dict[str, 
     chunk = orjson.loads(data)
     if not isinstance(chunk, dict):
         raise SSEError("event data is not a JSON object")
-    if "error" in chunk and not chunk.get("choices"):
-        err = chunk["error"]
-        message = err.get("message") if isinstance(err, dict) else str(err)
-        raise UpstreamError(f"upstream stream error: {message}")
+    error = chat.error_in(chunk)
+    if error is not None:
+        raise error  # ChunkStream scrubs it and raises it after the chunks before it
     return [chunk], False

@@ -1,16 +1,8 @@
-"""Anthropic Messages ⇄ OpenAI Chat Completions: the two codecs composed through the hub.
+"""Anthropic Messages <-> OpenAI Chat Completions: the two codecs composed through the hub.
 
-edge's adapters still speak OpenAI format inside, so two doors need translating:
-
-* an OpenAI-format request routed to an Anthropic upstream: `openai_request_to_anthropic`
-  out, `anthropic_response_to_openai` / `AnthropicStreamToOpenAI` back;
-* an Anthropic-format request (the `/v1/messages` front door) routed to an OpenAI-kind
-  upstream: `anthropic_request_to_openai` out, `openai_response_to_anthropic` /
-  `OpenAIStreamToAnthropic` back.
-
-Each is one decode into the hub and one encode out of it (`edge.codecs.chat`,
-`edge.codecs.messages`); the rules, the errors and what is dropped or refused are
-documented there. Everything stays IO-free: timestamps and message ids are passed in.
+The golden tests of translation between the two formats call these named pairings; edge
+itself composes codecs in one walk (`edge.dialects.Dialect.fetch` / `open`), and these
+are that walk for one pair, IO-free (timestamps and message ids passed in).
 """
 
 from __future__ import annotations
