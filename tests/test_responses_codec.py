@@ -200,8 +200,8 @@ def test_stream_decoder_reads_back_what_the_encoder_sends() -> None:
     decoder = responses.StreamDecoder()
     seen: list[hub.Event] = []
     for event in events:
-        for _, data in encoder.feed(event):
-            seen += decoder.feed(data)
+        for item in encoder.feed(event):
+            seen += decoder.feed_item(item)
     seen += decoder.finish()
     assert seen == events
 

@@ -597,6 +597,10 @@ class StreamDecoder:
             raise stream_error(error.get("message"), error.get("code"))
         return []
 
+    def feed_item(self, item: tuple[str | None, Mapping[str, Any]]) -> list[hub.Event]:
+        """`feed` for one ``(event, data)`` stream item as an adapter yields it."""
+        return self.feed(item[1])
+
     def finish(self) -> list[hub.Event]:
         """The upstream closed its stream; without response.completed that is a failure."""
         if not self._ended:
