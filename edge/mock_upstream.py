@@ -40,6 +40,10 @@ import h11
 import orjson
 import trio
 
+from edge import hub
+from edge.codecs import responses
+from edge.errors import BadRequest
+
 __all__ = ["MockOptions", "run", "serve_mock"]
 
 _RECV_BYTES = 65536
@@ -488,6 +492,7 @@ class _Responder:
         self.routes: dict[str, tuple[bytes, Callable[[dict[str, Any], bytes], _Plan], bool]] = {
             "/v1/chat/completions": (b"POST", self._chat, False),
             "/v1/embeddings": (b"POST", self._embeddings, False),
+            "/v1/responses": (b"POST", self._responses, False),
             "/v1/messages": (b"POST", self._anthropic_messages, True),
         }
 
@@ -776,6 +781,74 @@ class _Responder:
                 400, f"tool_choice names a tool that is not defined: {name!r}", param="tool_choice"
             )
         return defined[0]
+
+    # -- OpenAI Responses
+
+    def _responses(self, request: dict[str, Any], raw: bytes) -> _Plan:
+        """``/v1/responses``: the same fake model, dressed by the Responses codec itself."""
+        try:
+            req = responses.decode_request(request)
+        except BadRequest as exc:
+            raise _Fail(400, str(exc), param=exc.param) from None
+        user = next((t for t in reversed(req.turns) if t.role == "user"), None)
+        texts = [p.text for p in user.parts if isinstance(p, hub.Text)] if user else []
+        user_text = "".join(texts)
+        directives = _parse_directives(user_text)
+        fault = self._fault(directives, anthropic=False, stream=bool(req.stream))
+        if fault is not None:
+            return fault
+        prompt = max(1, (len(user_text) + sum(map(len, req.system))) // 4)
+        last = req.turns[-1].parts[-1] if req.turns[-1].parts else None
+        tool = req.tools[0] if req.tools and req.tool_choice != "none" else None
+        if req.tool_choice == "tool":
+            tool = next((t for t in req.tools if t.name == req.tool_name), tool)
+        if isinstance(last, hub.ToolResult):
+            result = last.content if isinstance(last.content, str) else ""
+            turn = _text_turn("Tool said: " + result, prompt, req.max_tokens)
+        elif tool is not None:
+            turn = _tool_turn(tool.name, tool.parameters, user_text, prompt)
+        else:
+            turn = _text_turn(_echo(directives, user_text), prompt, req.max_tokens)
+        digest = _digest(raw)
+        finish: hub.FinishReason = "tool_calls" if turn.finish == "tool" else "stop"
+        if turn.finish == "length":
+            finish = "length"
+        usage = hub.Usage(turn.prompt_tokens, turn.completion_tokens)
+        call_id = "call_" + digest
+        if not req.stream:
+            parts: tuple[hub.Text | hub.ToolCall, ...] = (
+                (hub.ToolCall(call_id, turn.tool_name, turn.tool_arguments),)
+                if turn.finish == "tool"
+                else (hub.Text(turn.text),)
+            )
+            answer = hub.Answer("resp_" + digest, req.model, parts, finish, usage)
+            body = responses.encode_answer(
+                answer,
+                req.model,
+                response_id="resp_" + digest,
+                item_ids=["item_" + digest],
+                created=self.created,
+            )
+            return self._finish(_Plan(200, orjson.dumps(body)), directives)
+        encoder = responses.StreamEncoder(
+            req.model,
+            response_id="resp_" + digest,
+            item_prefix="item_" + digest,
+            created=self.created,
+        )
+        events: list[hub.Event] = [hub.Start("resp_" + digest)]
+        if turn.finish == "tool":
+            events.append(hub.ToolCallStart(0, call_id, turn.tool_name))
+            events += [hub.ToolCallDelta(0, piece) for piece in _split(turn.tool_arguments)]
+        else:
+            events += [hub.TextDelta(piece) for piece in turn.chunks]
+        events += [hub.Finish(finish), hub.End(usage)]
+        frames = [
+            b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+            for event in events
+            for name, data in encoder.feed(event)
+        ]
+        return self._finish(_Plan(200, events=frames, lead=2), directives)
 
     def _embeddings(self, request: dict[str, Any], raw: bytes) -> _Plan:
         model = _model(request)
