@@ -174,9 +174,11 @@ async def open_edge(config: Config, metrics: Metrics | None = None,
     edge = Edge(config, metrics, tracing)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(supervise, "cache", edge.cache.run)
+            # the store and the spend seeded from it first: they wait on threads, and a
+            # cache task failing meanwhile must not use up its restarts before ready
             await nursery.start(supervise, "store", edge.store.run)
             await edge.seed_spend()
+            await nursery.start(supervise, "cache", edge.cache.run)
             edge.ready = True
             try:
                 yield edge
