@@ -117,7 +117,7 @@ def test_stream_events_accumulate_in_the_sdk_to_the_json_answer() -> None:
             self.wfile.write(payload)
 
         def log_message(self, *args: object) -> None:
-            pass
+            """Quiet: the test reports through its assertions, not the server's access log."""
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -129,7 +129,7 @@ def test_stream_events_accumulate_in_the_sdk_to_the_json_answer() -> None:
             client.responses.stream(model="m", input="hi") as stream,
         ):
             for _ in stream:
-                pass
+                pass  # read every event: the SDK's accumulator builds the final response
             final = stream.get_final_response()
     finally:
         server.shutdown()

@@ -32,7 +32,7 @@ async def test_json_and_stream_give_the_same_response(base_url: str) -> None:
         plain = await sdk.responses.create(model="m", input="hello there")
         async with sdk.responses.stream(model="m", input="hello there") as stream:
             async for _ in stream:
-                pass
+                pass  # read every event: the SDK's accumulator builds the final response
             streamed = await stream.get_final_response()
     assert plain.output_text.startswith("Mock reply to: hello there")
     assert streamed.output_text == plain.output_text

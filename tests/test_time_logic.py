@@ -51,7 +51,7 @@ def upstream(script: Script) -> Callable[[dict[str, Any], Receive, Send], Awaita
         nonlocal calls
         assert scope["path"] == "/v1/chat/completions"
         while (await receive()).get("more_body"):
-            pass
+            pass  # drain the request body; only the call count matters here
         calls += 1
         status, headers, body = await script(calls)
         await send({"type": "http.response.start", "status": status,
