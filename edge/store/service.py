@@ -14,10 +14,11 @@ the Trio thread changes:
   marks the service up again when the database answers. The first probe runs inside
   `run()` before it reports started, so a healthy store is upgraded and its keys read
   before the first request, and a dead one delays start-up by one bounded probe only.
-* **The ledger never waits.** `record_usage` puts a row in a bounded memory channel with
-  `send_nowait`; a full channel drops the row and counts it (`rows_dropped`, the metric
-  `llm_edge_usage_rows_dropped_total`). A writer task takes rows in batches of up to
-  `batch_size`, waiting at most `flush_interval` after a batch's first row. A batch whose
+* **The ledger never waits.** `record_usage` appends a row to a bounded list (no task is
+  woken per row: that would cost every request a reschedule); a full list drops the row
+  and counts it (`rows_dropped`, the metric `llm_edge_usage_rows_dropped_total`). A
+  writer task takes rows in batches of up to `batch_size` every `flush_interval`, or as
+  soon as a batch is full, so a row waits at most `flush_interval`. A batch whose
   write fails is kept (`_pending`) and written again once the probe sees the database
   back, while new rows queue behind it; so an outage shorter than the queue loses
   nothing, and a longer one loses only what the full queue refused. Writes are never
@@ -71,7 +72,7 @@ class StoreService:
         threads: worker threads (so database connections) in use at once.
         queue_size: ledger rows that may wait for the writer before drops begin.
         batch_size: most rows written in one transaction.
-        flush_interval: seconds a batch waits for more rows after its first.
+        flush_interval: seconds between the writer's looks at the queued rows.
         retention_days: ledger rows older than this are deleted.
         cleanup_interval: seconds between retention passes.
         key_poll_interval: seconds between checks of `keys_version`.
@@ -127,7 +128,12 @@ class StoreService:
         self._on_error = on_error
 
         self._limiter = trio.CapacityLimiter(threads)
-        self._send, self._receive = trio.open_memory_channel[UsageRow](queue_size)
+        # Rows wait in a plain list that the writer takes every `flush_interval` (or as soon
+        # as a batch is full): queueing a row is an append, with no task to wake per row.
+        self._queue_size = queue_size
+        self._queued: list[UsageRow] = []
+        self._batch_full = trio.Event()
+        self._accepting = True
         self._pending: list[UsageRow] = []
         self._state = _State.UNKNOWN
         self._generation = 0
@@ -155,17 +161,19 @@ class StoreService:
     @property
     def queued(self) -> int:
         """Ledger rows accepted and not yet written."""
-        return self._send.statistics().current_buffer_used + len(self._pending)
+        return len(self._queued) + len(self._pending)
 
     # -- the request path: no IO ----------------------------------------------------
 
     def record_usage(self, row: UsageRow) -> bool:
         """Queue a ledger row; False (and one more `rows_dropped`) if the queue is full."""
-        try:
-            self._send.send_nowait(row)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        queued = self._queued
+        if len(queued) >= self._queue_size or not self._accepting:
             self.rows_dropped += 1
             return False
+        queued.append(row)
+        if len(queued) == self._batch_size:
+            self._batch_full.set()
         return True
 
     def key_by_digest(self, digest: bytes) -> KeyRecord | None:
@@ -306,14 +314,10 @@ class StoreService:
             if self._tasks is not None:
                 self._tasks.cancel()
             await self._stopped.wait()
-            self._send.close()
-            rows = self._pending
+            self._accepting = False
+            rows = self._pending + self._queued
             self._pending = []
-            while True:
-                try:
-                    rows.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            self._queued = []
             with trio.move_on_after(self._close_timeout):
                 while rows:
                     batch = rows[: self._batch_size]
@@ -345,13 +349,14 @@ class StoreService:
     async def _writer(self) -> None:
         while True:
             if not self._pending:
-                try:
-                    self._pending.append(await self._receive.receive())
-                except trio.EndOfChannel:
-                    return
-                with trio.move_on_after(self._flush_interval):
-                    while len(self._pending) < self._batch_size:
-                        self._pending.append(await self._receive.receive())
+                if len(self._queued) < self._batch_size:
+                    with trio.move_on_after(self._flush_interval):
+                        await self._batch_full.wait()
+                self._batch_full = trio.Event()
+                if not self._queued:
+                    continue
+                self._pending = self._queued[: self._batch_size]
+                del self._queued[: self._batch_size]
             while self._state is not _State.UP:
                 await self._came_up.wait()
             generation = self._generation
