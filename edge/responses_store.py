@@ -123,7 +123,6 @@ class StoredResponses:
         self.service = service
 
     async def handle(self, req: Request) -> None:
-        req.endpoint = "responses"
         rest = req.scope["path"][len(PREFIX):]
         response_id, _, tail = rest.partition("/")
         if not response_id or tail not in ("", "input_items"):
