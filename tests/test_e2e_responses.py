@@ -312,7 +312,8 @@ def test_three_turns_cross_providers_and_each_lists_only_its_own_input(
                                    extra_headers=_nocache())
     assert three.output_text == "Mock reply to: third turn"
     # the mock's chat prompt counts every message sent: the whole conversation travelled
-    assert three.usage is not None and solo.usage is not None
+    assert three.usage is not None
+    assert solo.usage is not None
     assert three.usage.input_tokens > solo.usage.input_tokens
     assert two.previous_response_id == one.id
     for response, text in ((one, "first turn"), (two, "second turn"), (three, "third turn")):
@@ -339,7 +340,8 @@ def test_input_items_in_order_sent_and_paged_as_the_sdk_pages_them(
     assert [item.type for item in page.data] == ["message", "message", "function_call",
                                                  "function_call_output"]
     assert page.has_more is False
-    assert page.first_id == page.data[0].id and page.last_id == page.data[-1].id
+    assert page.first_id == page.data[0].id
+    assert page.last_id == page.data[-1].id
     assert len({item.id for item in page.data}) == 4
     walked = [item.id for item in client.responses.input_items.list(response.id, limit=1)]
     assert walked == [item.id for item in page.data]  # auto-paging with `after`
@@ -583,7 +585,8 @@ responses_api = true
         fake.close()
     assert seen[0]["store"] is False
     assert seen[0]["tools"] == [{"type": "web_search"}]
-    assert "metadata" not in seen[0] and "previous_response_id" not in seen[0]
+    assert "metadata" not in seen[0]
+    assert "previous_response_id" not in seen[0]
     follow = seen[1]
     assert follow["store"] is False
     assert "previous_response_id" not in follow

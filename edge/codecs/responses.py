@@ -666,6 +666,11 @@ class StreamDecoder:
             raise error
         return []
 
+    @property
+    def done(self) -> bool:
+        """True once the upstream's final event arrived."""
+        return self._ended
+
     def feed_item(self, item: tuple[str | None, Mapping[str, Any]]) -> list[hub.Event]:
         """`feed` for one ``(event, data)`` stream item as an adapter yields it."""
         return self.feed(item[1])
