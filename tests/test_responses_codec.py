@@ -212,3 +212,13 @@ def test_stream_decoder_raises_on_failure_and_on_a_cut_stream() -> None:
         decoder.feed({"type": "response.failed", "response": {"error": {"message": "overloaded"}}})
     with pytest.raises(UpstreamError):
         responses.StreamDecoder().finish()
+
+
+def test_interleaved_tool_call_deltas_are_an_upstream_error_not_misattributed() -> None:
+    """A delta for a call whose item was already closed would land in the wrong item."""
+    encoder = responses.StreamEncoder("m", response_id="resp_1", item_prefix="it", created=1)
+    for event in (hub.Start("up"), hub.ToolCallStart(0, "c0", "f"), hub.ToolCallDelta(0, "{"),
+                  hub.ToolCallStart(1, "c1", "g"), hub.ToolCallDelta(0, "")):
+        encoder.feed(event)  # an empty delta of the earlier call is harmless
+    with pytest.raises(UpstreamError):
+        encoder.feed(hub.ToolCallDelta(0, "}"))

@@ -386,16 +386,21 @@ class StreamEncoder:
         elif isinstance(event, hub.ToolCallDelta):
             at = self._calls.get(event.index)
             call = self._parts[at] if at is not None else None
-            if at is not None and isinstance(call, hub.ToolCall):
-                self._parts[at] = hub.ToolCall(call.id, call.name, call.arguments + event.arguments)
-                out.append(
-                    self._event(
-                        "response.function_call_arguments.delta",
-                        item_id=self._item_ids[-1],
-                        output_index=len(self._item_ids) - 1,
-                        delta=event.arguments,
-                    )
+            if not event.arguments:
+                return out  # an empty delta says nothing (chat upstreams send them)
+            streaming = self._open is not None and self._open["type"] == "function_call"
+            if not (streaming and at == len(self._parts) - 1 and isinstance(call, hub.ToolCall)):
+                raise upstream("tool call deltas interleave; an item here is closed once the "
+                               "next begins")
+            self._parts[at] = hub.ToolCall(call.id, call.name, call.arguments + event.arguments)
+            out.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=self._item_ids[-1],
+                    output_index=len(self._item_ids) - 1,
+                    delta=event.arguments,
                 )
+            )
         elif isinstance(event, hub.Finish):
             self._finish = event.reason
         elif isinstance(event, hub.End):
