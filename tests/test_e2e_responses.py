@@ -53,7 +53,8 @@ models = ["claude-*"]
 """
 AUTH = """
 [auth]
-keys = [{ name = "team-a", key = "env:KEY_A" }, { name = "team-b", key = "env:KEY_B" }]
+keys = [{ name = "team-a", key = "env:KEY_A" },
+        { name = "team-b", key = "env:KEY_B", models = ["claude-*"] }]
 """
 
 
@@ -382,6 +383,12 @@ def test_a_response_is_visible_only_to_the_key_that_made_it(
         other.responses.create(model=MODELS["claude"], input="x", previous_response_id=mine.id)
     assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
     assert client.responses.retrieve(mine.id).id == mine.id  # still there for its owner
+
+
+def test_a_key_allowlist_holds_on_the_responses_door(other: openai.OpenAI) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        other.responses.create(model=MODELS["oai"], input="not mine to ask")
+    assert caught.value.body["code"] == "model_not_allowed"  # type: ignore[index]
 
 
 def test_delete_then_it_is_gone_everywhere(stack: tuple[EdgeProcess, MockUpstream],
