@@ -10,6 +10,13 @@ and prints one table:
     (b) edge, miss path                   Cache-Control: no-store, every request goes upstream
     (c) bare Hypercorn-Trio app           the ceiling for any app on this server stack
     (d) edge, hit path                    the same body again, answered from the cache
+    (e) edge, Responses miss              POST /v1/responses, no-store, translated to chat
+    (f) edge, Responses hit               the same Responses body again, from the cache
+
+(e) and (f) ask the same question as (b) and (d) through the Responses door: edge's
+provider has `responses_api = false`, so a miss goes through the hub to the mock's chat
+endpoint, and each answer, hit or miss, is kept in the (memory) response store as any
+stored response is (SPEC §8 targets: hit <= 1.10x a chat hit, miss <= 1.15x a chat miss).
 
 Machines are noisy, so absolute figures mean little across runs; the ratio to the bare
 app, measured minutes apart on the same box, is the figure to compare. The harness
@@ -35,7 +42,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.drivers import CHAT_BODY, CHAT_PATH, CLIENT_KEY, Request, pick_tool, run_closed
+from benchmarks.drivers import (
+    CHAT_BODY,
+    CHAT_PATH,
+    CLIENT_KEY,
+    USER_PROMPT,
+    Request,
+    pick_tool,
+    run_closed,
+)
 from benchmarks.loadgen import LoadResult
 from benchmarks.services import (
     REPO_ROOT,
@@ -64,6 +79,8 @@ class Target:
     label: str
     port: int
     headers: tuple[tuple[str, str], ...]
+    path: str = CHAT_PATH
+    body: bytes = CHAT_BODY
 
 
 @dataclass(slots=True)
@@ -93,7 +110,8 @@ class Row:
 
 def validate(target: Target) -> tuple[bytes, dict[str, str]]:
     """Check the target answers our request with 200 and a JSON body; return body, headers."""
-    status, headers, body = http_call(target.port, "POST", CHAT_PATH, CHAT_BODY, target.headers)
+    status, headers, body = http_call(target.port, "POST", target.path, target.body,
+                                      target.headers)
     if status != 200:
         raise BenchError(f"{target.label}: expected 200, got {status}: {body[:300]!r}")
     try:
@@ -107,7 +125,8 @@ def run_target(
     target: Target, args: argparse.Namespace, use_wrk: bool, workdir: Path
 ) -> LoadResult:
     """Warm up (result thrown away), then measure."""
-    request = Request(port=target.port, body=CHAT_BODY, headers=target.headers)
+    request = Request(port=target.port, body=target.body, headers=target.headers,
+                      path=target.path)
 
     def once(duration: float) -> LoadResult:
         return run_closed(request, duration, args.connections, use_wrk=use_wrk,
@@ -169,7 +188,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tool", choices=("auto", "wrk", "loadgen"), default="auto")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for edge and the bare app (default: this one)")
-    parser.add_argument("--targets", default="abcd", help="subset of a, b, c, d to run")
+    parser.add_argument("--targets", default="abcdef", help="subset of a-f to run")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every target this many times, interleaved; report the "
                              "median round")
@@ -181,8 +200,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-dir", type=Path,
                         help="keep the services' output here (default: a scratch directory)")
     args = parser.parse_args(argv)
-    if set(args.targets) - set("abcd") or not args.targets:
-        parser.error("--targets takes letters from 'abcd'")
+    if set(args.targets) - set(LABELS) or not args.targets:
+        parser.error("--targets takes letters from 'abcdef'")
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1:
         parser.error("--duration, --connections and --rounds must be positive")
     return args
@@ -193,7 +212,28 @@ LABELS = {
     "b": "(b) edge, miss (no-store)",
     "c": "(c) bare Hypercorn-Trio app",
     "d": "(d) edge, hit (same body)",
+    "e": "(e) edge, Responses miss (translated)",
+    "f": "(f) edge, Responses hit",
 }
+RESPONSES_PATH = "/v1/responses"
+# (b)'s question in the Responses format: the same system text, prompt and limits
+RESPONSES_BODY = json.dumps({
+    "model": "gpt-4o-mini", "instructions": "You are a concise assistant.",
+    "input": USER_PROMPT, "max_output_tokens": 64, "temperature": 0,
+}, separators=(",", ":")).encode()
+# The rows that are not (b)'s request, by key.
+REQUESTS = {"e": (RESPONSES_PATH, RESPONSES_BODY), "f": (RESPONSES_PATH, RESPONSES_BODY)}
+# edge's one provider, the built-in one's settings but for the Responses API, so that
+# (e) is translated to chat as (b) is not (an OPENAI_API_KEY provider passes it through).
+EDGE_CONFIG = """
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "{url}"
+api_key = "env:OPENAI_API_KEY"
+models = ["*"]
+responses_api = false
+"""
 AUTH = (("Authorization", f"Bearer {CLIENT_KEY}"),)
 
 
@@ -213,7 +253,7 @@ class Harness:
         self.workdir = workdir
         self.logdir = logdir
         self.use_wrk = use_wrk
-        self.rows = {key: Row(key, LABELS[key]) for key in "abcd" if key in args.targets}
+        self.rows = {key: Row(key, LABELS[key]) for key in LABELS if key in args.targets}
         self.targets: dict[str, Target] = {}
         self.services: list[Service] = []
         self.owner: dict[str, Service] = {}
@@ -231,7 +271,8 @@ class Harness:
         self.services.append(service)
         service.start()
         for key, headers in keys.items():
-            self.targets[key] = Target(key, LABELS[key], port, headers)
+            path, body = REQUESTS.get(key, (CHAT_PATH, CHAT_BODY))
+            self.targets[key] = Target(key, LABELS[key], port, headers, path, body)
             self.owner[key] = service
         return service
 
@@ -256,7 +297,7 @@ class Harness:
         """Mock first (its answer sizes the bare app), then the bare app and edge together."""
         args = self.args
         mock: Service | None = None
-        if set(self.rows) & set("abd"):
+        if set(self.rows) & set("abdef"):
             if self.here.can_run_mock:
                 port = free_port()
                 mock = self._launch(
@@ -266,7 +307,7 @@ class Harness:
                 if not self.bring_up(mock, "/v1/models", AUTH):
                     mock = None
             else:
-                self.skip(set("abd"), f"{sys.executable} cannot run the mock upstream "
+                self.skip(set("abdef"), f"{sys.executable} cannot run the mock upstream "
                                       f"({self.here.problem})")
         mock_body = validate(self.targets["a"])[0] if "a" in self.targets else None
 
@@ -284,25 +325,25 @@ class Harness:
             bare = self._launch("bare app", argv, port, child_env({}), REPO_ROOT, {"c": AUTH})
             pending.append((bare, "/"))
 
-        edge_keys = set(self.rows) & {"b", "d"}
+        edge_keys = set(self.rows) & {"b", "d", "e", "f"}
         if edge_keys and mock is None:
             self.skip(edge_keys, "no mock upstream to point edge at")
         elif edge_keys and not self.interp.can_run_edge:
             self.skip(edge_keys, f"{self.python} cannot import edge.cli ({self.interp.problem})")
         elif edge_keys and mock is not None:
             port = free_port()
-            env = child_env({
-                "OPENAI_API_KEY": "sk-bench",
-                "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
-                "METRICS_PORT": "0",
-            })
+            env = child_env({"OPENAI_API_KEY": "sk-bench", "METRICS_PORT": "0"})
+            config = self.workdir / "edge.toml"
+            config.write_text(EDGE_CONFIG.format(url=f"http://127.0.0.1:{mock.port}/v1"))
             argv = [self.python, "-m", "edge", "serve", "--host", "127.0.0.1",
                     "--port", str(port), "--metrics-port", "0", "--workers", str(args.workers),
-                    "--log-level", args.edge_log_level]
-            # cwd is the scratch directory so no ./edge.toml changes the run.
+                    "--log-level", args.edge_log_level, "--config", str(config)]
+            # cwd is the scratch directory and the config is named, so nothing else is read.
             edge = self._launch("edge", argv, port, env, self.workdir, {
                 "b": (*AUTH, ("Cache-Control", "no-store")),
                 "d": AUTH,
+                "e": (*AUTH, ("Cache-Control", "no-store")),
+                "f": AUTH,
             })
             pending.append((edge, "/health/ready"))
 
