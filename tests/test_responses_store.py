@@ -3,6 +3,7 @@ long, and what a follow-up reads back."""
 
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from edge.errors import BadRequest
 from edge.responses_store import (
@@ -81,4 +83,47 @@ async def test_kept_for_thirty_days_then_dropped_by_the_cleanup_pass(tmp_path: A
         assert service.backend.get_response("resp_1", "team-a", 0.0) is None
         with pytest.raises(BadRequest):
             await load_conversation(edge, "resp_1", "team-a")
+        await service.aclose()
+
+
+class _HeldBackend:
+    """A real SQLite backend whose first batch write waits for the test's go-ahead."""
+
+    def __init__(self, path: str) -> None:
+        self.inner = open_store(path)
+        self.batches: list[int] = []
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def put_responses(self, responses: Any) -> None:
+        self.batches.append(len(responses))
+        if len(self.batches) == 1:
+            self.started.set()
+            self.go.wait(10)
+        self.inner.put_responses(responses)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_responses_queued_during_a_write_share_the_next_commit(tmp_path: Any) -> None:
+    backend = _HeldBackend(f"sqlite:///{tmp_path / 'edge.db'}")
+    service = StoreService(backend)  # type: ignore[arg-type]
+    record = SimpleNamespace(store=service)
+
+    async def put(i: int) -> None:
+        await save(record, "k", {"id": f"resp_{i}", "output": []}, [], [])  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        async with trio.open_nursery() as puts:
+            puts.start_soon(put, 0)
+            await trio.to_thread.run_sync(backend.started.wait, 10)
+            for i in range(1, 11):
+                puts.start_soon(put, i)
+            await wait_all_tasks_blocked()
+            backend.go.set()
+        assert backend.batches == [1, 10]
+        for i in range(11):
+            assert await service.get_response(f"resp_{i}", "k") is not None
         await service.aclose()
