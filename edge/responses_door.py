@@ -39,7 +39,7 @@ from .errors import BadRequest, EdgeError, PayloadTooLarge
 from .exchange import Request
 from .providers import Provider
 from .responses_store import input_items, load_conversation, save, sendable
-from .responses_stream import ResponsesAssembler, replay_events
+from .responses_stream import ResponsesAssembler, replay_frames
 from .routing import Deployment
 from .service import Edge
 from .sse import frame_event
@@ -240,7 +240,7 @@ class ResponsesDialect(Dialect):
         return frame_event("response.failed", data)
 
     def replay(self, answer: dict[str, Any], wants_usage: bool) -> bytes:
-        return b"".join(frame_event(name, data) for name, data in replay_events(answer))
+        return replay_frames(answer)
 
 
 class _Kept:

@@ -29,9 +29,11 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from .answer_meta import SSE_HEADERS
 from .codecs.responses import item_id
 from .errors import BadRequest, MethodNotAllowed, NotFound, ServiceUnavailable, clip
 from .exchange import Request, send_json
+from .responses_stream import replay_frames
 from .store.base import StoredResponse, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -146,17 +148,32 @@ class StoredResponses:
             raise _store_down() from None
         if stored is None:
             raise _not_found(response_id)
-        if not tail:
+        query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
+        if tail:
+            items = orjson.loads(stored.input_items)
+            await send_json(req, 200, orjson.dumps(_page(items, query)))
+        elif query.get("stream", ["false"])[-1] == "true":
+            await _replay(req, orjson.loads(stored.response), query)
+        else:
             await send_json(req, 200, stored.response)
-            return
-        items = orjson.loads(stored.input_items)
-        await send_json(req, 200, orjson.dumps(_page(items, req.scope.get("query_string", b""))))
 
 
-def _page(items: list[JSON], query: bytes) -> JSON:
+async def _replay(req: Request, response: JSON, query: dict[str, list[str]]) -> None:
+    """GET ...?stream=true: the stored response as its event stream, from the event
+    after `starting_after` (a sequence number) when given, as the SDK resumes one."""
+    after = query.get("starting_after", ["-1"])[-1]
+    if not after.lstrip("-").isdigit():
+        raise BadRequest("starting_after: expected a sequence number", param="starting_after")
+    req.status = 200
+    await req.send({"type": "http.response.start", "status": 200,
+                    "headers": [*SSE_HEADERS, (b"x-request-id", req.request_id)]})
+    req.finished = True
+    await req.send({"type": "http.response.body", "body": replay_frames(response, int(after))})
+
+
+def _page(items: list[JSON], args: dict[str, list[str]]) -> JSON:
     """One page of input items, as the SDK's cursor pages read it (`after`, `limit`,
     `order`; all of them by default, in the order sent)."""
-    args = parse_qs(query.decode("latin-1"))
     order = args.get("order", ["asc"])[-1]
     if order not in ("asc", "desc"):
         raise BadRequest("order: expected asc or desc", param="order")

@@ -21,8 +21,9 @@ from typing import Any
 
 from .chat_stream import reported_count, utf8_len
 from .codecs.responses import FINAL_EVENTS
+from .sse import frame_event
 
-__all__ = ["ResponsesAssembler", "replay_events"]
+__all__ = ["ResponsesAssembler", "replay_events", "replay_frames"]
 
 JSON = dict[str, Any]
 
@@ -119,6 +120,12 @@ def replay_events(response: Mapping[str, Any]) -> list[tuple[str, JSON]]:
     emit("response.incomplete" if status == "incomplete" else "response.completed",
          response=dict(response))
     return events
+
+
+def replay_frames(response: Mapping[str, Any], after: int = -1) -> bytes:
+    """`replay_events` as the SSE body, from the event after sequence number `after`."""
+    return b"".join(frame_event(name, data) for name, data in replay_events(response)
+                    if data["sequence_number"] > after)
 
 
 def _replay_part(emit: Any, at: JSON, index: int, part: object) -> None:

@@ -408,6 +408,17 @@ def test_delete_then_it_is_gone_everywhere(stack: tuple[EdgeProcess, MockUpstrea
         client.responses.create(model=MODELS["native"], input="x", previous_response_id=made.id)
 
 
+def test_a_stored_response_is_retrieved_as_its_stream_too(client: openai.OpenAI) -> None:
+    made = client.responses.create(model=MODELS["claude"], input="replay me later",
+                                   extra_headers=_nocache())
+    with client.responses.retrieve(made.id, stream=True) as stream:
+        events = list(stream)
+    assert _collapse([e.type for e in events]) == MESSAGE_SEQUENCE
+    assert events[-1].response.model_dump() == made.model_dump()  # type: ignore[union-attr]
+    with client.responses.retrieve(made.id, stream=True, starting_after=3) as resumed:
+        assert [e.sequence_number for e in resumed] == list(range(4, len(events)))
+
+
 def test_stored_response_paths_and_methods(stack: tuple[EdgeProcess, MockUpstream]) -> None:
     edge, _ = stack
     auth = {"authorization": f"Bearer {KEY_A}"}
