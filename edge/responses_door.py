@@ -152,8 +152,10 @@ class ResponsesDialect(Dialect):
             if not isinstance(metadata, dict) or len(metadata) > _MAX_METADATA:
                 raise bad("metadata", f"expected an object of at most {_MAX_METADATA} pairs")
             for key, value in metadata.items():
-                if not isinstance(value, str):
-                    raise bad(f"metadata.{key}", "expected a string")
+                if len(key) > 64:
+                    raise bad("metadata", "keys are at most 64 characters")
+                if not isinstance(value, str) or len(value) > 512:
+                    raise bad(f"metadata.{key}", "expected a string of at most 512 characters")
         return request.model
 
     async def bind(self, req: Request, edge: Edge, body: dict[str, Any],
