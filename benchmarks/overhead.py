@@ -10,13 +10,14 @@ and prints one table:
     (b) edge, miss path                   Cache-Control: no-store, every request goes upstream
     (c) bare Hypercorn-Trio app           the ceiling for any app on this server stack
     (d) edge, hit path                    the same body again, answered from the cache
-    (e) edge, Responses miss              POST /v1/responses, no-store, translated to chat
-    (f) edge, Responses hit               the same Responses body again, from the cache
+    (e), (f) the same as (b), (d) with governance on: 10 client keys with budgets, the
+             caller one of them, and a SQLite store taking a ledger row per request
+    (g), (h) the same question as (b), (d) through POST /v1/responses, on (b)'s edge
 
-(e) and (f) ask the same question as (b) and (d) through the Responses door: edge's
-provider has `responses_api = false`, so a miss goes through the hub to the mock's chat
-endpoint, and each answer, hit or miss, is kept in the (memory) response store as any
-stored response is (SPEC §8 targets: hit <= 1.10x a chat hit, miss <= 1.15x a chat miss).
+(g) and (h) go to (b)'s edge, whose provider has `responses_api = false`, so a miss is
+translated through the hub to the mock's chat endpoint, and every answer, hit or miss,
+is kept in the (memory) response store as any stored response is (SPEC §8 targets: a
+hit costs at most 10 % more than (d), a translated miss at most 15 % more than (b)).
 
 Machines are noisy, so absolute figures mean little across runs; the ratio to the bare
 app, measured minutes apart on the same box, is the figure to compare. The harness
@@ -188,7 +189,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tool", choices=("auto", "wrk", "loadgen"), default="auto")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for edge and the bare app (default: this one)")
-    parser.add_argument("--targets", default="abcdef", help="subset of a-f to run")
+    parser.add_argument("--targets", default="abcd",
+                        help="subset of a-h to run (e, f: governance on; g, h: the "
+                             "Responses API; neither by default)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every target this many times, interleaved; report the "
                              "median round")
@@ -201,7 +204,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="keep the services' output here (default: a scratch directory)")
     args = parser.parse_args(argv)
     if set(args.targets) - set(LABELS) or not args.targets:
-        parser.error("--targets takes letters from 'abcdef'")
+        parser.error("--targets takes letters from 'abcdefgh'")
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1:
         parser.error("--duration, --connections and --rounds must be positive")
     return args
@@ -212,8 +215,10 @@ LABELS = {
     "b": "(b) edge, miss (no-store)",
     "c": "(c) bare Hypercorn-Trio app",
     "d": "(d) edge, hit (same body)",
-    "e": "(e) edge, Responses miss (translated)",
-    "f": "(f) edge, Responses hit",
+    "e": "(e) edge+governance, miss",
+    "f": "(f) edge+governance, hit",
+    "g": "(g) edge, Responses miss (translated)",
+    "h": "(h) edge, Responses hit",
 }
 RESPONSES_PATH = "/v1/responses"
 # (b)'s question in the Responses format: the same system text, prompt and limits
@@ -221,10 +226,10 @@ RESPONSES_BODY = json.dumps({
     "model": "gpt-4o-mini", "instructions": "You are a concise assistant.",
     "input": USER_PROMPT, "max_output_tokens": 64, "temperature": 0,
 }, separators=(",", ":")).encode()
-# The rows that are not (b)'s request, by key.
-REQUESTS = {"e": (RESPONSES_PATH, RESPONSES_BODY), "f": (RESPONSES_PATH, RESPONSES_BODY)}
-# edge's one provider, the built-in one's settings but for the Responses API, so that
-# (e) is translated to chat as (b) is not (an OPENAI_API_KEY provider passes it through).
+# The rows that do not send (b)'s request, by key.
+REQUESTS = {"g": (RESPONSES_PATH, RESPONSES_BODY), "h": (RESPONSES_PATH, RESPONSES_BODY)}
+# (b)'s edge: the built-in provider's settings, but translating the Responses API (one
+# made from OPENAI_API_KEY passes it through), so (g) measures the hub as (b) does not.
 EDGE_CONFIG = """
 [[providers]]
 name = "openai"
@@ -234,6 +239,19 @@ api_key = "env:OPENAI_API_KEY"
 models = ["*"]
 responses_api = false
 """
+GOVERNED_KEYS = 10
+GOVERNED_CALLER = "sk-bench-team-3"
+
+
+def governed_config(mock_port: int, workdir: Path) -> str:
+    """(e), (f)'s edge: 10 keys with budgets no run can spend, and a SQLite store."""
+    keys = ",\n  ".join(
+        f'{{ name = "team-{i}", key = "sk-bench-team-{i}", budget_usd = 1000000.0, '
+        f'budget_period = "month" }}' for i in range(GOVERNED_KEYS))
+    return (f'[[providers]]\nname = "openai"\nkind = "openai"\n'
+            f'base_url = "http://127.0.0.1:{mock_port}/v1"\napi_key = "sk-bench"\n'
+            f'models = ["*"]\n\n[auth]\nkeys = [\n  {keys}\n]\n\n'
+            f'[store]\nurl = "sqlite:///{workdir / "governed.db"}"\n')
 AUTH = (("Authorization", f"Bearer {CLIENT_KEY}"),)
 
 
@@ -297,7 +315,7 @@ class Harness:
         """Mock first (its answer sizes the bare app), then the bare app and edge together."""
         args = self.args
         mock: Service | None = None
-        if set(self.rows) & set("abdef"):
+        if set(self.rows) & set("abdefgh"):
             if self.here.can_run_mock:
                 port = free_port()
                 mock = self._launch(
@@ -307,7 +325,7 @@ class Harness:
                 if not self.bring_up(mock, "/v1/models", AUTH):
                     mock = None
             else:
-                self.skip(set("abdef"), f"{sys.executable} cannot run the mock upstream "
+                self.skip(set("abdefgh"), f"{sys.executable} cannot run the mock upstream "
                                       f"({self.here.problem})")
         mock_body = validate(self.targets["a"])[0] if "a" in self.targets else None
 
@@ -325,7 +343,7 @@ class Harness:
             bare = self._launch("bare app", argv, port, child_env({}), REPO_ROOT, {"c": AUTH})
             pending.append((bare, "/"))
 
-        edge_keys = set(self.rows) & {"b", "d", "e", "f"}
+        edge_keys = set(self.rows) & {"b", "d", "g", "h"}
         if edge_keys and mock is None:
             self.skip(edge_keys, "no mock upstream to point edge at")
         elif edge_keys and not self.interp.can_run_edge:
@@ -342,10 +360,29 @@ class Harness:
             edge = self._launch("edge", argv, port, env, self.workdir, {
                 "b": (*AUTH, ("Cache-Control", "no-store")),
                 "d": AUTH,
-                "e": (*AUTH, ("Cache-Control", "no-store")),
-                "f": AUTH,
+                "g": (*AUTH, ("Cache-Control", "no-store")),
+                "h": AUTH,
             })
             pending.append((edge, "/health/ready"))
+
+        governed_keys = set(self.rows) & {"e", "f"}
+        if governed_keys and mock is None:
+            self.skip(governed_keys, "no mock upstream to point edge at")
+        elif governed_keys and not self.interp.can_run_edge:
+            self.skip(governed_keys,
+                      f"{self.python} cannot import edge.cli ({self.interp.problem})")
+        elif governed_keys and mock is not None:
+            port = free_port()
+            config = self.workdir / "governed.toml"
+            config.write_text(governed_config(mock.port, self.workdir))
+            argv = [self.python, "-m", "edge", "serve", "--config", str(config),
+                    "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+                    "--workers", str(args.workers), "--log-level", args.edge_log_level]
+            caller = (("Authorization", f"Bearer {GOVERNED_CALLER}"),)
+            governed = self._launch("edge+governance", argv, port, child_env({}),
+                                    self.workdir, {"e": (*caller, ("Cache-Control", "no-store")),
+                                                   "f": caller})
+            pending.append((governed, "/health/ready"))
 
         for service, path in pending:
             self.bring_up(service, path)
