@@ -419,6 +419,24 @@ def test_a_stored_response_is_retrieved_as_its_stream_too(client: openai.OpenAI)
         assert [e.sequence_number for e in resumed] == list(range(4, len(events)))
 
 
+def test_metered_and_counted_under_its_own_endpoint(stack: tuple[EdgeProcess, MockUpstream],
+                                                    client: openai.OpenAI) -> None:
+    edge, _ = stack
+
+    def answered() -> float:
+        text = httpx.get(f"{edge.metrics_url}/metrics", timeout=30).text
+        line = 'llm_edge_requests_total{endpoint="responses",status="2xx"} '
+        return sum(float(row.removeprefix(line)) for row in text.splitlines()
+                   if row.startswith(line))
+
+    before = answered()
+    made = client.responses.create(model=MODELS["oai"], input="count me",
+                                   extra_headers=_nocache())
+    assert made.usage is not None
+    assert made.usage.output_tokens > 0
+    wait_until(lambda: answered() >= before + 1, what="the request counted")
+
+
 def test_stored_response_paths_and_methods(stack: tuple[EdgeProcess, MockUpstream]) -> None:
     edge, _ = stack
     auth = {"authorization": f"Bearer {KEY_A}"}
