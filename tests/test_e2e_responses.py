@@ -663,3 +663,23 @@ def test_two_processes_share_conversations_through_sqlite(tmp_path: Path,
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.mark.parametrize("kind", ["native", "claude"])
+def test_a_cached_function_call_replays_as_the_sdk_rebuilds_it(client: openai.OpenAI,
+                                                               kind: str) -> None:
+    first = client.responses.create(model=MODELS[kind], input="Lisbon", tools=[TOOL])
+    with client.responses.create(model=MODELS[kind], input="Lisbon", tools=[TOOL],
+                                 stream=True) as raw:
+        assert raw.response.headers["x-edge-cache"] == "hit-l1"
+        assert [event.type for event in raw][-1] == "response.completed"
+    with client.responses.stream(model=MODELS[kind], input="Lisbon", tools=[TOOL]) as stream:
+        kinds = _collapse([event.type for event in stream])
+        replayed = stream.get_final_response()
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.function_call_arguments.delta",
+                     "response.function_call_arguments.done", "response.output_item.done",
+                     "response.completed"]
+    assert replayed.id != first.id
+    assert _shape(replayed) == _shape(first)
+    assert client.responses.retrieve(replayed.id).output[0].type == "function_call"
