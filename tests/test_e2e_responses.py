@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -683,3 +684,20 @@ def test_a_cached_function_call_replays_as_the_sdk_rebuilds_it(client: openai.Op
     assert replayed.id != first.id
     assert _shape(replayed) == _shape(first)
     assert client.responses.retrieve(replayed.id).output[0].type == "function_call"
+
+
+def test_concurrent_identical_requests_are_each_their_own_response(
+        stack: tuple[EdgeProcess, MockUpstream], client: openai.OpenAI) -> None:
+    """Coalesced followers are served the leader's answer, each as a new stored response."""
+    _, mock = stack
+    before = mock.stats()["by_path"].get("/v1/chat/completions", 0)
+    question = "!mock delay_ms=400 six at once"
+    with ThreadPoolExecutor(6) as pool:
+        made = list(pool.map(lambda _: client.responses.create(
+            model=MODELS["oai"], input=question), range(6)))
+    assert len({r.id for r in made}) == 6
+    assert len({r.output[0].id for r in made}) == 6
+    assert len({r.output_text for r in made}) == 1
+    assert mock.stats()["by_path"].get("/v1/chat/completions", 0) - before < 6
+    for response in made:
+        assert client.responses.retrieve(response.id).output_text == response.output_text
