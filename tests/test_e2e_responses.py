@@ -701,3 +701,22 @@ def test_concurrent_identical_requests_are_each_their_own_response(
     assert mock.stats()["by_path"].get("/v1/chat/completions", 0) - before < 6
     for response in made:
         assert client.responses.retrieve(response.id).output_text == response.output_text
+
+
+def test_a_conversation_past_the_body_limit_is_413(tmp_path: Path,
+                                                   mock_upstream: MockUpstream) -> None:
+    """What previous_response_id expands to counts against max_request_bytes, as the same
+    conversation sent whole would."""
+    config = "[server]\nmax_request_bytes = 3000\n" + PROVIDERS.format(url=mock_upstream.url)
+    edge = EdgeProcess(tmp_path, config=config, env={"PK": PROVIDER_KEY})
+    try:
+        with _client(edge, "any") as sdk:
+            first = sdk.responses.create(model=MODELS["oai"], input="a" * 1200)
+            second = sdk.responses.create(model=MODELS["oai"], input="b" * 100,
+                                          previous_response_id=first.id)
+            with pytest.raises(openai.APIStatusError) as caught:
+                sdk.responses.create(model=MODELS["oai"], input="c" * 1200,
+                                     previous_response_id=second.id)
+    finally:
+        edge.stop()
+    assert caught.value.status_code == 413
