@@ -204,6 +204,9 @@ class ProviderConfig:
     anthropic_version: str = "2023-06-01"
     first_byte_timeout_s: float | None = None  # an answer's headers; None: timeout_s
     stream_idle_timeout_s: float = 60.0  # silence between two events of a stream
+    # kind openai only: the upstream serves /responses, so the Responses door passes
+    # requests through (SPEC §8); otherwise it translates them to Chat Completions
+    responses_api: bool = False
 
     def __repr__(self) -> str:
         return _masked_repr(self, "base_url")
@@ -778,6 +781,11 @@ def _parse_provider(
         if kind != "anthropic":
             raise _fail(where, 'only valid with kind = "anthropic"')
         extra["anthropic_version"] = _check_str(table["anthropic_version"], where)
+    if "responses_api" in table:
+        where = f"{at}.responses_api"
+        if kind != "openai":
+            raise _fail(where, 'only valid with kind = "openai"')
+        extra["responses_api"] = _check_bool(table["responses_api"], where)
     return ProviderConfig(
         name=name, kind=kind, base_url=base_url, api_key=api_key, models=models, **extra
     )
@@ -820,6 +828,7 @@ def _builtin_providers(
                 base_url=base_url,
                 api_key=api_key,
                 models=_BUILTIN_MODELS[name],
+                responses_api=name == "openai",  # OpenAI itself serves /v1/responses
             )
         )
 
@@ -1202,6 +1211,8 @@ def _provider_extras(p: ProviderConfig) -> str:
         extras.append(f"{p.max_connections} connections")
     if p.kind == "anthropic" and p.anthropic_version != _PROVIDER_DEFAULTS.anthropic_version:
         extras.append(f"anthropic-version {p.anthropic_version}")
+    if p.responses_api:
+        extras.append("responses API")
     return "  " + ", ".join(extras) if extras else ""
 
 

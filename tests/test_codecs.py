@@ -35,11 +35,11 @@ from test_anthropic_translate import (
 )
 
 from edge import hub
-from edge.codecs import chat, messages
+from edge.codecs import chat, messages, responses
 
 GOLDEN = Path(__file__).parent / "golden" / "hub"
 CASES = sorted(GOLDEN.glob("*/*.json"))
-CODECS = {"chat": chat, "messages": messages}
+CODECS = {"chat": chat, "messages": messages, "responses": responses}
 GOLDEN_ANTHROPIC = Path(__file__).parent / "golden" / "anthropic"
 
 # Fields whose values are plain JSON (schemas, pass-through extras), not hub values.

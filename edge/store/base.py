@@ -209,6 +209,10 @@ class Backend(Protocol):
     # -- stored responses --------------------------------------------------------
     def put_response(self, response: StoredResponse) -> None: ...
 
+    def put_responses(self, responses: Sequence[StoredResponse]) -> None:
+        """Store several responses in one transaction, all or none (`AlreadyExists` if
+        any id is taken): what lets concurrent requests share one commit."""
+
     def get_response(self, id: str, key_name: str, now: float) -> StoredResponse | None:
         """The response, if `key_name` made it and it has not expired at `now`."""
 

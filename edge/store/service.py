@@ -28,6 +28,11 @@ the Trio thread changes:
   `key_poll_interval` and re-reads the keys table only when it changed; the request path
   looks keys up in that snapshot (`key_by_digest`), a dict read with no IO. Key writes
   made through this service update the snapshot at once.
+* **Stored responses share commits.** `put_response` returns once its response is
+  written (a follow-up may name it at once, SPEC §8), but requests arriving together
+  are written together: a writer task takes every response queued since its last write
+  and writes them in one transaction from one thread, so under load one thread hop and
+  one commit serve many requests (group commit), and a lone request waits for one.
 * **Retention.** A cleanup task deletes ledger rows older than `retention_days` and
   stored responses past their `expires_at`, at start and every `cleanup_interval`.
 
@@ -46,7 +51,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .base import Backend, KeyRecord, StoredResponse, StoreUnavailable, UsageRow
+from .base import Backend, KeyRecord, StoredResponse, StoreError, StoreUnavailable, UsageRow
 
 __all__ = ["StoreService"]
 
@@ -62,6 +67,17 @@ class _State(enum.Enum):
     UP = "up"
     DOWN = "down"
     CLOSED = "closed"
+
+
+class _Put:
+    """One response waiting for the writer, and how its write ended."""
+
+    __slots__ = ("response", "done", "error")
+
+    def __init__(self, response: StoredResponse) -> None:
+        self.response = response
+        self.done = trio.Event()
+        self.error: StoreError | None = None
 
 
 class StoreService:
@@ -143,6 +159,9 @@ class StoreService:
         self._tasks: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._stopped.set()
+
+        self._puts: list[_Put] = []  # responses waiting for the writer
+        self._puts_queued = trio.Event()
 
         self._keys_version: int | None = None
         self._by_name: dict[str, KeyRecord] = {}
@@ -234,7 +253,16 @@ class StoreService:
         return await self._call(self.backend.spend_by_key, windows)
 
     async def put_response(self, response: StoredResponse) -> None:
-        await self._call(self.backend.put_response, response)
+        """Returns once `response` is written, in one transaction with whatever other
+        responses were queued meanwhile (see the module docstring)."""
+        if self._state is not _State.UP or self._tasks is None:
+            raise StoreUnavailable("the store is unavailable")
+        put = _Put(response)
+        self._puts.append(put)
+        self._puts_queued.set()
+        await put.done.wait()
+        if put.error is not None:
+            raise put.error
 
     async def get_response(self, id: str, key_name: str) -> StoredResponse | None:
         return await self._call(self.backend.get_response, id, key_name, self._clock())
@@ -274,6 +302,7 @@ class StoreService:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._probe_loop)
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._response_writer)
                     nursery.start_soon(self._key_poller)
                     nursery.start_soon(self._cleanup_loop)
                     task_status.started()
@@ -369,6 +398,26 @@ class StoreService:
                 continue
             self.rows_written += len(batch)
             self._pending = []
+
+    async def _response_writer(self) -> None:
+        try:
+            while True:
+                await self._puts_queued.wait()
+                self._puts_queued = trio.Event()
+                batch, self._puts = self._puts, []
+                error: StoreError | None = None
+                try:
+                    await self._call(self.backend.put_responses, [p.response for p in batch])
+                except StoreError as exc:
+                    error = exc
+                for put in batch:
+                    put.error = error
+                    put.done.set()
+        finally:  # stopped: nobody waits for a write that will not come
+            for put in self._puts:
+                put.error = StoreUnavailable("the store is closing")
+                put.done.set()
+            self._puts = []
 
     async def _key_poller(self) -> None:
         while True:
