@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import ipaddress
 import json
 import math
@@ -57,7 +58,7 @@ __all__ = [
 LOG_LEVELS: Final = tuple(LEVELS)  # the logger's map is the one list
 STRATEGIES: Final = ("model", "cost", "latency", "failover")
 CACHE_SCOPES: Final = ("key", "global")
-PROVIDER_KINDS: Final = ("openai", "anthropic")
+PROVIDER_KINDS: Final = ("openai", "anthropic", "gemini", "azure", "bedrock")
 #: Budget windows (SPEC §7): UTC hour, UTC day, week from Monday, calendar month, forever.
 BUDGET_PERIODS: Final = ("1h", "1d", "7d", "month", "total")
 
@@ -69,6 +70,9 @@ NO_PROVIDERS_MESSAGE: Final = (
 _DEFAULT_BASE_URLS: Final = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "azure": "",  # required: every Azure resource has its own host
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
 }
 _BUILTIN_MODELS: Final = {
     "openai": (
@@ -82,6 +86,7 @@ _BUILTIN_MODELS: Final = {
         "text-embedding-*",
     ),
     "anthropic": ("claude-*",),
+    "gemini": ("gemini-*",),
 }
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
@@ -95,6 +100,10 @@ _CLI_FILE: Final = "command line"
 _RESERVED_KEY_NAME: Final = "anonymous"
 # Query parameters whose values are masked when a URL is shown (e.g. Azure's ?api-key=).
 _SECRET_QUERY_RE: Final = re.compile(r"pass|secret|token|key|auth|sig", re.IGNORECASE)
+_REGION_RE: Final = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+_API_VERSION_RE: Final = re.compile(r"v1|[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?")
+# Azure deployment names: letters, digits, "-", "_" and "."; they go into the URL path.
+_DEPLOYMENT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ConfigError(Exception):
@@ -202,6 +211,9 @@ class ProviderConfig:
     timeout_s: float = 120.0  # a whole JSON answer, headers and body
     max_connections: int = 256
     anthropic_version: str = "2023-06-01"
+    region: str | None = None  # bedrock: the AWS region, for the host and SigV4
+    api_version: str = "2024-10-21"  # azure: a dated api-version, or "v1"
+    deployments: tuple[tuple[str, str], ...] = ()  # azure: (model, deployment) pairs
     first_byte_timeout_s: float | None = None  # an answer's headers; None: timeout_s
     stream_idle_timeout_s: float = 60.0  # silence between two events of a stream
 
@@ -773,14 +785,71 @@ def _parse_provider(
     for key in ("timeout_s", "first_byte_timeout_s", "stream_idle_timeout_s"):
         _field(table, key, lambda v, w: _check_float(v, w, positive=True), file, path, extra)
     _field(table, "max_connections", lambda v, w: _check_int(v, w, lo=1), file, path, extra)
-    if "anthropic_version" in table:
-        where = f"{at}.anthropic_version"
-        if kind != "anthropic":
-            raise _fail(where, 'only valid with kind = "anthropic"')
-        extra["anthropic_version"] = _check_str(table["anthropic_version"], where)
+    for key, (owner, check) in _KIND_KEYS.items():
+        if key in table:
+            where = f"{at}.{key}"
+            if kind != owner:
+                raise _fail(where, f'only valid with kind = "{owner}"')
+            extra[key] = check(table[key], where)
+    _check_kind_needs(kind, table, at, extra, api_key)
+    if kind == "bedrock" and "base_url" not in table:
+        base_url = base_url.format(region=extra["region"])
     return ProviderConfig(
         name=name, kind=kind, base_url=base_url, api_key=api_key, models=models, **extra
     )
+
+
+def _check_region(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _REGION_RE.fullmatch(value):
+        raise _fail(where, f"expected an AWS region such as \"us-east-1\", got {_describe(value)}")
+    return value
+
+
+def _check_api_version(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _API_VERSION_RE.fullmatch(value):
+        raise _fail(where, 'expected "v1" or a dated api-version such as "2024-10-21", '
+                    f"got {_describe(value)}")
+    return value
+
+
+def _check_deployments(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _fail(where, f'expected a table such as {{ "gpt-4o" = "prod-gpt4o" }}, '
+                    f"got {_describe(value)}")
+    pairs = []
+    for model, deployment in value.items():
+        if not isinstance(deployment, str) or not _DEPLOYMENT_RE.fullmatch(deployment):
+            raise _fail(f"{where}.{_quoted(model)}", "expected a deployment name (letters, "
+                        f"digits, '-', '_', '.'), got {_describe(deployment)}")
+        pairs.append((model, deployment))
+    return tuple(pairs)
+
+
+# Keys only one kind takes: the kind, and the check of the value.
+_KIND_KEYS: Final[dict[str, tuple[str, Callable[[Any, str], Any]]]] = {
+    "anthropic_version": ("anthropic", _check_str),
+    "region": ("bedrock", _check_region),
+    "api_version": ("azure", _check_api_version),
+    "deployments": ("azure", _check_deployments),
+}
+
+
+def _check_kind_needs(kind: str, table: dict[str, Any], at: str, extra: dict[str, Any],
+                      api_key: str | None) -> None:
+    """What a kind cannot work without: Azure's own host; Bedrock's region and botocore."""
+    if kind == "azure" and "base_url" not in table:
+        raise _fail(f"{at}.base_url", 'missing (required with kind = "azure": '
+                    '"https://RESOURCE.openai.azure.com")')
+    if kind != "bedrock":
+        return
+    if "region" not in extra:
+        raise _fail(f"{at}.region", 'missing (required with kind = "bedrock", e.g. "us-east-1")')
+    if api_key is not None:
+        raise _fail(f"{at}.api_key", "not used with kind = \"bedrock\": requests are signed "
+                    "with credentials from the AWS chain (environment, AWS_PROFILE, roles)")
+    if importlib.util.find_spec("botocore") is None:
+        raise _fail(f"{at}.kind", 'kind = "bedrock" needs botocore, which is not installed: '
+                    "pip install 'edge[bedrock]'")
 
 
 def _builtin_providers(
@@ -794,6 +863,7 @@ def _builtin_providers(
     for name, key_var, url_var in (
         ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
         ("anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+        ("gemini", "GEMINI_API_KEY", "GEMINI_BASE_URL"),
     ):
         url_text = env.get(url_var, "").strip()
         index = next((i for i, p in enumerate(providers) if p.name == name), None)
@@ -1202,7 +1272,20 @@ def _provider_extras(p: ProviderConfig) -> str:
         extras.append(f"{p.max_connections} connections")
     if p.kind == "anthropic" and p.anthropic_version != _PROVIDER_DEFAULTS.anthropic_version:
         extras.append(f"anthropic-version {p.anthropic_version}")
+    if p.kind == "bedrock":
+        extras.append(f"region {p.region}")
+    if p.kind == "azure":
+        extras.append(f"api-version {p.api_version}")
+        if p.deployments:
+            extras.append("deployments: " + _clip([f"{m} -> {d}" for m, d in p.deployments],
+                                                  _MAX_GLOBS))
     return "  " + ", ".join(extras) if extras else ""
+
+
+def _key_state(p: ProviderConfig) -> str:
+    if p.kind == "bedrock":
+        return "AWS credential chain"
+    return "set" if p.api_key else "none"
 
 
 def _describe_key(k: AuthKey) -> str:
@@ -1239,7 +1322,7 @@ def summary(config: Config) -> str:
         for p in config.providers[:_MAX_LIST_LINES]:
             lines.append(
                 f"  {p.name} ({p.kind}) {_mask_url(p.base_url)}  models: "
-                f"{_clip(p.models, _MAX_GLOBS)}  key: {'set' if p.api_key else 'none'}"
+                f"{_clip(p.models, _MAX_GLOBS)}  key: {_key_state(p)}"
                 + _provider_extras(p)
             )
         if len(config.providers) > _MAX_LIST_LINES:
