@@ -38,6 +38,7 @@ from ..errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
+from ..keypool import KeyPool
 from ..sse import SSEError, SSEParser
 
 MAX_ERROR_BODY = 64 * 1024
@@ -63,6 +64,10 @@ class Provider(ABC):
     codec: Any = None
     # Adds trace-context headers (traceparent) to each upstream request when tracing is on.
     inject: Callable[[list[tuple[str, str]]], None] | None = None
+    # The header carrying the API key: its name and a format of the value ("{}" is the
+    # key). `send` puts it on every request, so adapters prebuild their headers without
+    # it. None for a kind that authenticates otherwise; it overrides `sign` instead.
+    key_header: tuple[str, str] | None = None
 
     def __init__(
         self,
@@ -74,6 +79,7 @@ class Provider(ABC):
         self.name = config.name
         self.transport = transport
         self.retry_on = retry_on
+        self.keys = KeyPool([config.api_key or ""], self.key_header)
         self._secret = config.api_key or ""
         self._secret_bytes = self._secret.encode()
         t = config.timeout_s
@@ -137,15 +143,30 @@ class Provider(ABC):
             data = data.replace(self._secret_bytes, b"[redacted]")
         return data
 
+    def sign(self, request: httpx.Request) -> None:
+        """Authenticate `request` once it is complete, for a kind whose `key_header` is None
+        (a signature over the request, such as SigV4). The default sends it as it is."""
+        return None
+
     async def send(self, request: httpx.Request,
                    timeouts: dict[str, float | None] | None = None) -> httpx.Response:
-        """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`."""
+        """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`.
+
+        The one place a request gets its credentials: a key of the pool in the kind's
+        `key_header`, or the kind's `sign`.
+        """
         request.extensions["timeout"] = self.timeouts if timeouts is None else timeouts
         if self.inject is not None:
             trace_headers: list[tuple[str, str]] = []
             self.inject(trace_headers)
             for name, value in trace_headers:
                 request.headers[name] = value
+        if self.key_header is None:
+            self.sign(request)
+        else:
+            key = self.keys.pick()
+            if key is not None:
+                request.headers[self.keys.header_name] = key.header_value
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.PoolTimeout:
