@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .cache import Entry
     from .completion import Call
     from .errors import EdgeError
+    from .keypool import Key
 
 BYTES_PER_TOKEN = 4
 BOOKKEEPING_S = 5.0
@@ -69,15 +70,21 @@ class Books:
             call.req.usage = "upstream"
         return cost
 
-    async def charge(self, call: Call, usage: tuple[int, int]) -> None:
-        """Tokens count against the client key's tpm once the answer is known (or cut)."""
+    async def charge(self, call: Call, usage: tuple[int, int], dep: Deployment | None = None,
+                     key: Key | None = None) -> None:
+        """Tokens count against the client key's tpm once the answer is known (or cut), and
+        against the tpm of the provider's key that was sent (`key`, of `dep`'s pool)."""
         limiter = call.edge.limiter
         tenant = call.req.tenant
         if limiter.limited(tenant):
             with shielded():
                 await limiter.charge(tenant, usage[0] + usage[1])
+        if key is not None and key.tpm is not None and dep is not None:
+            with shielded():
+                await dep.provider.keys.charge(key, usage[0] + usage[1])
 
-    async def settle_stream(self, call: Call, dep: Deployment, assembler: Any) -> float:
+    async def settle_stream(self, call: Call, dep: Deployment, assembler: Any,
+                            key: Key | None = None) -> float:
         """Tokens and cost of a stream however it ended (whole, failed, cut by the client):
         the upstream's counts where it sent them, else an estimate of what was relayed
         (`estimated_tokens`), counted as such. Returns the cost."""
@@ -91,7 +98,7 @@ class Books:
         if completion is None:
             completion = estimated_tokens(assembler.text_bytes)
         cost = self.answered(call, dep, (prompt, completion), estimated)
-        await self.charge(call, (prompt, completion))
+        await self.charge(call, (prompt, completion), dep, key)
         return cost
 
 

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 LOG_LEVELS: Final = tuple(LEVELS)  # the logger's map is the one list
-STRATEGIES: Final = ("model", "cost", "latency", "failover")
+STRATEGIES: Final = ("model", "cost", "latency", "failover", "least_busy")
 CACHE_SCOPES: Final = ("key", "global")
 PROVIDER_KINDS: Final = ("openai", "anthropic", "gemini", "azure", "bedrock")
 #: Budget windows (SPEC §7): UTC hour, UTC day, week from Monday, calendar month, forever.
@@ -200,14 +200,27 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderKey:
+    """One key of a provider's pool (SPEC §9 "Key pools"): its resolved secret, its share
+    of the requests, and its own per-minute limits (None: none)."""
+
+    secret: str = field(repr=False)
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
-    """One upstream. `api_key` is the resolved secret and is kept out of repr."""
+    """One upstream. `api_key` is the resolved secret and is kept out of repr; `api_keys`
+    is a pool of them instead (at most one of the two is set)."""
 
     name: str
     kind: str
     base_url: str
     api_key: str | None = field(repr=False)
     models: tuple[str, ...]
+    api_keys: tuple[ProviderKey, ...] = field(default=(), repr=False)
     timeout_s: float = 120.0  # a whole JSON answer, headers and body
     max_connections: int = 256
     anthropic_version: str = "2023-06-01"
@@ -219,6 +232,13 @@ class ProviderConfig:
 
     def __repr__(self) -> str:
         return _masked_repr(self, "base_url")
+
+    @property
+    def keys(self) -> tuple[ProviderKey, ...]:
+        """The keys requests spread over: the pool, or the single `api_key`, or none."""
+        if self.api_keys:
+            return self.api_keys
+        return (ProviderKey(self.api_key),) if self.api_key else ()
 
     @property
     def first_byte_s(self) -> float:
@@ -773,6 +793,14 @@ def _parse_provider(
     if "base_url" in table:
         base_url = _check_base_url(table["base_url"], f"{at}.base_url")
     api_key: str | None = None
+    api_keys: tuple[ProviderKey, ...] = ()
+    if "api_key" in table and "api_keys" in table:
+        raise _fail(at, "api_key and api_keys are both set; give one key or a pool, not both")
+    if "api_keys" in table:
+        if kind == "bedrock":
+            raise _fail(f"{at}.api_keys", 'not valid with kind = "bedrock", whose credentials '
+                        "come from the AWS credential chain")
+        api_keys = _parse_api_keys(table["api_keys"], file, path, env, warnings)
     if "api_key" in table:
         where = f"{at}.api_key"
         ref = _check_str(table["api_key"], where, empty_ok=True)
@@ -795,7 +823,8 @@ def _parse_provider(
     if kind == "bedrock" and "base_url" not in table:
         base_url = base_url.format(region=extra["region"])
     return ProviderConfig(
-        name=name, kind=kind, base_url=base_url, api_key=api_key, models=models, **extra
+        name=name, kind=kind, base_url=base_url, api_key=api_key, models=models,
+        api_keys=api_keys, **extra
     )
 
 
@@ -850,6 +879,44 @@ def _check_kind_needs(kind: str, table: dict[str, Any], at: str, extra: dict[str
     if importlib.util.find_spec("botocore") is None:
         raise _fail(f"{at}.kind", 'kind = "bedrock" needs botocore, which is not installed: '
                     "pip install 'edge[bedrock]'")
+
+
+_API_KEY_KEYS: Final = ("key", "weight", "rpm", "tpm")
+
+
+def _parse_api_keys(raw: Any, file: str, path: str, env: Mapping[str, str],
+                    warnings: list[str]) -> tuple[ProviderKey, ...]:
+    """`api_keys = ["env:K1", { key = "env:K2", weight = 2, rpm = 500, tpm = 100000 }]`."""
+    at = f"{file}: {path}.api_keys"
+    if not isinstance(raw, list):
+        raise _fail(at, f"expected an array of keys, got {_describe(raw)}")
+    if not raw:
+        raise _fail(at, "empty; leave api_keys out for a provider that needs no key")
+    keys: list[ProviderKey] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(raw):
+        item = f"{path}.api_keys[{i}]"
+        options: dict[str, Any] = {}
+        if isinstance(entry, dict):
+            table = _table(entry, file, item, _API_KEY_KEYS)
+            if "key" not in table:
+                raise _fail(f"{file}: {item}.key", "missing (every entry of api_keys has a key)")
+            ref_where, ref_value = f"{file}: {item}.key", table["key"]
+            _field(table, "weight", lambda v, w: _check_float(v, w, positive=True), file, item,
+                   options)
+            for limit in ("rpm", "tpm"):
+                _field(table, limit, lambda v, w: _check_int(v, w, lo=1), file, item, options)
+        else:
+            ref_where, ref_value = f"{file}: {item}", entry
+        ref = _check_str(ref_value, ref_where)
+        secret = resolve_secret(ref, env, ref_where)
+        if not ref.startswith("env:"):
+            warnings.append(f"{item}: literal secret in config file; prefer env:NAME")
+        if secret in seen:
+            raise _fail(ref_where, f"the same key as {seen[secret]}")
+        seen[secret] = item
+        keys.append(ProviderKey(secret, **options))
+    return tuple(keys)
 
 
 def _builtin_providers(
@@ -1282,9 +1349,13 @@ def _provider_extras(p: ProviderConfig) -> str:
     return "  " + ", ".join(extras) if extras else ""
 
 
-def _key_state(p: ProviderConfig) -> str:
+def _describe_keys(p: ProviderConfig) -> str:
+    """A provider's key for the summary: set or none, the size of its pool, or (bedrock)
+    the AWS credential chain."""
     if p.kind == "bedrock":
         return "AWS credential chain"
+    if p.api_keys:
+        return f"pool of {len(p.api_keys)}"
     return "set" if p.api_key else "none"
 
 
@@ -1322,7 +1393,7 @@ def summary(config: Config) -> str:
         for p in config.providers[:_MAX_LIST_LINES]:
             lines.append(
                 f"  {p.name} ({p.kind}) {_mask_url(p.base_url)}  models: "
-                f"{_clip(p.models, _MAX_GLOBS)}  key: {_key_state(p)}"
+                f"{_clip(p.models, _MAX_GLOBS)}  key: {_describe_keys(p)}"
                 + _provider_extras(p)
             )
         if len(config.providers) > _MAX_LIST_LINES:

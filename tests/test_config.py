@@ -456,7 +456,7 @@ def test_float_fields_accept_ints(tmp_path: Path) -> None:
         (
             '[routing]\nstrategy = "latancy"\n',
             "edge.toml: routing.strategy: expected one of model, cost, latency, failover, "
-            'got "latancy" (did you mean "latency"?)',
+            'least_busy, got "latancy" (did you mean "latency"?)',
         ),
         ('[cache]\nscope = "user"\n', "edge.toml: cache.scope: expected one of key, global"),
         ('[server]\nlog_level = "trace"\n', "edge.toml: server.log_level: expected one of debug"),

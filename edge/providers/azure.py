@@ -38,6 +38,7 @@ class AzureProvider(Provider):
 
     kind = "azure"
     codec = chat
+    key_header = ("api-key", "{}")
 
     def __init__(
         self,
@@ -53,11 +54,8 @@ class AzureProvider(Provider):
         else:
             self._template = (root + "deployments/{deployment}/{path}?api-version="
                               + quote(config.api_version, safe=""))
-        headers = [("content-type", "application/json"), ("accept", "application/json")]
-        if config.api_key:
-            headers.append(("api-key", config.api_key))
-        self._headers = headers
-        self._stream_headers = [headers[0], ("accept", "text/event-stream"), *headers[2:]]
+        self._headers = [("content-type", "application/json"), ("accept", "application/json")]
+        self._stream_headers = [self._headers[0], ("accept", "text/event-stream")]
         self._urls: dict[tuple[str, str], tuple[httpx.URL, str]] = {}
 
     async def complete(

@@ -66,6 +66,7 @@ class BedrockProvider(Provider):
 
     kind = "bedrock"
     codec = bedrock
+    key_header = None  # no key: `sign` signs each request with SigV4
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class BedrockProvider(Provider):
         self.region = config.region
         self._root = config.base_url.rstrip("/") + "/model/"
         self._credentials = _Credentials(self.name)
+        self._frozen: Any = None  # the credentials `sign` uses, renewed before each request
         self._urls: dict[tuple[str, str], str] = {}
 
     async def complete(
@@ -91,7 +93,7 @@ class BedrockProvider(Provider):
     ) -> dict[str, Any]:
         """The Converse answer, untranslated."""
         self._check_endpoint(endpoint)
-        request = await self._signed(model, "converse", orjson.dumps(body), "application/json")
+        request = await self._request(model, "converse", orjson.dumps(body), "application/json")
         return await self.answer_json(request)
 
     async def open_stream(
@@ -99,7 +101,8 @@ class BedrockProvider(Provider):
     ) -> ChunkStream:
         """The items are ``(event type, payload)`` pairs; an exception frame raises."""
         self._check_endpoint(endpoint)
-        request = await self._signed(model, "converse-stream", orjson.dumps(body), EVENT_STREAM)
+        request = await self._request(model, "converse-stream", orjson.dumps(body),
+                                      EVENT_STREAM)
         response = await self.send(request)
         if not response.headers.get("content-type", "").startswith(EVENT_STREAM):
             await response.aclose()
@@ -111,19 +114,28 @@ class BedrockProvider(Provider):
             raise UpstreamStatus(
                 400, f"provider {self.name} (bedrock) does not serve {endpoint}", retryable=False)
 
-    async def _signed(self, model: str, action: str, content: bytes,
-                      accept: str) -> httpx.Request:
-        """The request, signed now (the signature carries the time, so one per attempt)."""
+    async def _request(self, model: str, action: str, content: bytes,
+                       accept: str) -> httpx.Request:
+        """The unsigned request, with credentials fresh for `sign` to sign it with."""
         url = self._urls.get((model, action))
         if url is None:
             url = f"{self._root}{quote(model, safe='')}/{action}"
             if len(self._urls) < _MAX_URLS:
                 self._urls[(model, action)] = url
-        credentials = await self._credentials.current()
-        aws = self._aws_request(method="POST", url=url, data=content,
-                                headers={"content-type": "application/json", "accept": accept})
-        self._sigv4(credentials, SERVICE, self.region).add_auth(aws)
-        return httpx.Request("POST", url, headers=list(aws.headers.items()), content=content)
+        self._frozen = await self._credentials.current()
+        return httpx.Request("POST", url, content=content,
+                             headers=[("content-type", "application/json"), ("accept", accept)])
+
+    def sign(self, request: httpx.Request) -> None:
+        """SigV4 over the request as it will be sent (its encoded path, its body), at the
+        moment `send` sends it: the signature carries the time, so one per attempt."""
+        aws = self._aws_request(method=request.method, url=str(request.url),
+                                data=request.content, headers={
+                                    "content-type": request.headers["content-type"],
+                                    "accept": request.headers["accept"]})
+        self._sigv4(self._frozen, SERVICE, self.region).add_auth(aws)
+        for name, value in aws.headers.items():
+            request.headers[name] = value
 
     def status_error(self, response: httpx.Response, body: bytes) -> UpstreamStatus:
         try:

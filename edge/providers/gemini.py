@@ -56,6 +56,7 @@ class GeminiProvider(Provider):
 
     kind = "gemini"
     codec = gemini
+    key_header = ("x-goog-api-key", "{}")
 
     def __init__(
         self,
@@ -66,11 +67,8 @@ class GeminiProvider(Provider):
         super().__init__(config, transport, retry_on)
         root = config.base_url.rstrip("/")
         self._root = (root if root.endswith("/v1beta") else root + "/v1beta") + "/"
-        headers = [("content-type", "application/json"), ("accept", "application/json")]
-        if config.api_key:
-            headers.append(("x-goog-api-key", config.api_key))
-        self._headers = headers
-        self._stream_headers = [headers[0], ("accept", "text/event-stream"), *headers[2:]]
+        self._headers = [("content-type", "application/json"), ("accept", "application/json")]
+        self._stream_headers = [self._headers[0], ("accept", "text/event-stream")]
         self._urls: dict[tuple[str, str], httpx.URL] = {}
 
     async def complete(
