@@ -450,8 +450,9 @@ def test_float_fields_accept_ints(tmp_path: Path) -> None:
     [
         (
             MINIMAL_PROVIDER
-            + MINIMAL_PROVIDER.replace('"up"', '"two"').replace('"openai"', '"azure"'),
-            'edge.toml: providers[1].kind: expected one of openai, anthropic, got "azure"',
+            + MINIMAL_PROVIDER.replace('"up"', '"two"').replace('"openai"', '"cohere"'),
+            'edge.toml: providers[1].kind: expected one of openai, anthropic, gemini, azure, '
+            'bedrock, got "cohere"',
         ),
         (
             '[routing]\nstrategy = "latancy"\n',

@@ -190,3 +190,67 @@ def test_errors_pass_through_with_their_status(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="missing-deployment",
                                        messages=[{"role": "user", "content": "x"}])
     assert "does not exist" in missing.value.message
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('kind = "azure"\nmodels = ["a"]', 'providers[0].base_url: missing (required with kind = '
+     '"azure"'),
+    ('kind = "azure"\nbase_url = "https://r.openai.azure.com"\napi_version = "latest"\n'
+     'models = ["a"]', 'providers[0].api_version: expected "v1" or a dated api-version'),
+    ('kind = "azure"\nbase_url = "https://r.openai.azure.com"\ndeployments = ["x"]\n'
+     'models = ["a"]', "providers[0].deployments: expected a table"),
+    ('kind = "azure"\nbase_url = "https://r.openai.azure.com"\n'
+     'deployments = { "gpt-4o" = "../admin" }\nmodels = ["a"]',
+     'providers[0].deployments."gpt-4o": expected a deployment name'),
+    ('kind = "openai"\napi_version = "v1"\nmodels = ["a"]',
+     'providers[0].api_version: only valid with kind = "azure"'),
+    ('kind = "gemini"\nregion = "us-east-1"\nmodels = ["a"]',
+     'providers[0].region: only valid with kind = "bedrock"'),
+    ('kind = "bedrock"\nregion = "Mars"\nmodels = ["a"]',
+     "providers[0].region: expected an AWS region"),
+    ('kind = "bedrock"\nregion = "us-east-1"\napi_key = "env:K"\nmodels = ["a"]',
+     'providers[0].api_key: not used with kind = "bedrock"'),
+])
+def test_each_bad_value_is_a_config_error_naming_its_key(tmp_path, table: str,
+                                                         message: str) -> None:
+    from edge.config import ConfigError, load_config
+
+    path = tmp_path / "edge.toml"
+    path.write_text(f'[[providers]]\nname = "p"\n{table}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"K": "secret"})
+    assert message in str(caught.value)
+
+
+def test_check_config_summarises_the_new_kinds(tmp_path) -> None:
+    from edge.config import load_config, summary
+
+    path = tmp_path / "edge.toml"
+    path.write_text("""
+[[providers]]
+name = "az"
+kind = "azure"
+base_url = "https://r.openai.azure.com"
+api_key = "env:K"
+deployments = { "gpt-4o" = "prod" }
+models = ["gpt-4o"]
+
+[[providers]]
+name = "br"
+kind = "bedrock"
+region = "us-west-2"
+models = ["anthropic.*"]
+
+[[providers]]
+name = "gm"
+kind = "gemini"
+api_key = "env:K"
+models = ["gemini-*"]
+""")
+    text = summary(load_config(path, env={"K": "secret"}))
+    assert "az (azure) https://r.openai.azure.com" in text
+    assert "api-version 2024-10-21, deployments: gpt-4o -> prod" in text
+    assert ("br (bedrock) https://bedrock-runtime.us-west-2.amazonaws.com  models: anthropic.*  "
+            "key: AWS credential chain  region us-west-2") in text
+    assert "gm (gemini) https://generativelanguage.googleapis.com" in text
+    assert "secret" not in text
