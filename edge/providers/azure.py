@@ -15,6 +15,7 @@ from OpenAI is only the IO:
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +23,6 @@ import httpx
 import orjson
 
 from ..codecs import chat
-from ..config import ProviderConfig
 from ..errors import UpstreamError
 from .base import ChunkStream, Provider
 from .openai import _decode_openai_event
@@ -31,6 +31,8 @@ __all__ = ["AzureProvider"]
 
 _PATHS = {"chat": "chat/completions", "embeddings": "embeddings"}
 _MAX_URLS = 1024  # models named by clients (`provider/model`) must not grow the memo
+_HEADERS = [("content-type", "application/json"), ("accept", "application/json")]
+_STREAM_HEADERS = [("content-type", "application/json"), ("accept", "text/event-stream")]
 
 
 class AzureProvider(Provider):
@@ -40,29 +42,30 @@ class AzureProvider(Provider):
     codec = chat
     key_header = ("api-key", "{}")
 
-    def __init__(
-        self,
-        config: ProviderConfig,
-        transport: httpx.AsyncBaseTransport,
-        retry_on: frozenset[int],
-    ) -> None:
-        super().__init__(config, transport, retry_on)
-        self._deployments = dict(config.deployments)
+    @cached_property
+    def _template(self) -> str:
+        """The URL of an operation, to be filled with the deployment and the path."""
+        config = self.config
         root = config.base_url.rstrip("/") + "/openai/"
         if config.api_version == "v1":
-            self._template = root + "v1/{path}"
-        else:
-            self._template = (root + "deployments/{deployment}/{path}?api-version="
-                              + quote(config.api_version, safe=""))
-        self._headers = [("content-type", "application/json"), ("accept", "application/json")]
-        self._stream_headers = [self._headers[0], ("accept", "text/event-stream")]
-        self._urls: dict[tuple[str, str], tuple[httpx.URL, str]] = {}
+            return root + "v1/{path}"
+        return (root + "deployments/{deployment}/{path}?api-version="
+                + quote(config.api_version, safe=""))
+
+    @cached_property
+    def _deployments(self) -> dict[str, str]:
+        return dict(self.config.deployments)
+
+    @cached_property
+    def _urls(self) -> dict[tuple[str, str], tuple[httpx.URL, str]]:
+        """(URL, deployment) by (endpoint, model), built once per model."""
+        return {}
 
     async def complete(
         self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
     ) -> dict[str, Any]:
         url, deployment = self._target(endpoint, model)
-        request = httpx.Request("POST", url, headers=self._headers,
+        request = httpx.Request("POST", url, headers=_HEADERS,
                                 content=_content(body, deployment, raw))
         return await self.answer_json(request)
 
@@ -76,7 +79,7 @@ class AzureProvider(Provider):
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
             raw = None
         url, deployment = self._target(endpoint, model)
-        request = httpx.Request("POST", url, headers=self._stream_headers,
+        request = httpx.Request("POST", url, headers=_STREAM_HEADERS,
                                 content=_content(body, deployment, raw))
         response = await self.send(request)
         if not response.headers.get("content-type", "").startswith("text/event-stream"):

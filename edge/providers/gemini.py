@@ -16,6 +16,7 @@ Retry-After.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +24,6 @@ import httpx
 import orjson
 
 from ..codecs import gemini
-from ..config import ProviderConfig
 from ..errors import UpstreamError, UpstreamStatus
 from ..sse import SSEError
 from .base import ChunkStream, Provider
@@ -49,6 +49,8 @@ _BAD_KEY = "API_KEY_INVALID"  # ErrorInfo.reason of a wrong key, sent as INVALID
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
 _MAX_URLS = 1024  # models named by clients (`provider/model`) must not grow the memo
+_HEADERS = [("content-type", "application/json"), ("accept", "application/json")]
+_STREAM_HEADERS = [("content-type", "application/json"), ("accept", "text/event-stream")]
 
 
 class GeminiProvider(Provider):
@@ -58,18 +60,16 @@ class GeminiProvider(Provider):
     codec = gemini
     key_header = ("x-goog-api-key", "{}")
 
-    def __init__(
-        self,
-        config: ProviderConfig,
-        transport: httpx.AsyncBaseTransport,
-        retry_on: frozenset[int],
-    ) -> None:
-        super().__init__(config, transport, retry_on)
-        root = config.base_url.rstrip("/")
-        self._root = (root if root.endswith("/v1beta") else root + "/v1beta") + "/"
-        self._headers = [("content-type", "application/json"), ("accept", "application/json")]
-        self._stream_headers = [self._headers[0], ("accept", "text/event-stream")]
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+    @cached_property
+    def _root(self) -> str:
+        """The API's root: base_url with the version (which a base_url may carry already)."""
+        root = self.config.base_url.rstrip("/")
+        return (root if root.endswith("/v1beta") else root + "/v1beta") + "/"
+
+    @cached_property
+    def _urls(self) -> dict[tuple[str, str], httpx.URL]:
+        """Built URLs by (model, method): one string join and parse per model, not per call."""
+        return {}
 
     async def complete(
         self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
@@ -103,8 +103,8 @@ class GeminiProvider(Provider):
             url = httpx.URL(f"{self._root}{quote(name, safe='/')}:{method}")
             if len(self._urls) < _MAX_URLS:
                 self._urls[(model, method)] = url
-        headers = self._stream_headers if stream else self._headers
-        return httpx.Request("POST", url, headers=headers, content=content)
+        return httpx.Request("POST", url, headers=_STREAM_HEADERS if stream else _HEADERS,
+                             content=content)
 
     def status_error(self, response: httpx.Response, body: bytes) -> UpstreamStatus:
         error = super().status_error(response, body)
