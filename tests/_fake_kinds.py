@@ -170,8 +170,17 @@ class GeminiFake(_Server):
         return _json({"error": error}, status)
 
     def _check(self, body: dict[str, Any]) -> Reply | None:
-        """What Gemini refuses: bad roles, and (Gemini 3) a returned call without its signature."""
-        for content in body.get("contents", []):
+        """What Gemini refuses: bad roles, a call turn not answered by as many responses,
+        and (Gemini 3) a returned call without its signature."""
+        contents = body.get("contents", [])
+        for turn, answer in zip(contents, contents[1:], strict=False):
+            calls = sum("functionCall" in p for p in turn.get("parts", []))
+            responses = sum("functionResponse" in p for p in answer.get("parts", []))
+            if calls and responses and calls != responses:
+                return self._invalid("Please ensure that the number of function response parts "
+                                     "is equal to the number of function call parts of the "
+                                     "function call turn.")
+        for content in contents:
             if content.get("role") not in ("user", "model"):
                 return self._invalid(f"role {content.get('role')!r} is not user or model")
             for part in content.get("parts", []):
@@ -213,11 +222,16 @@ class GeminiFake(_Server):
             return [{"text": f"Tool said: {said}"}], "STOP"
         mode = body.get("toolConfig", {}).get("functionCallingConfig", {}).get("mode", "AUTO")
         if tools and mode != "NONE":
+            # parallel calls ("!parallel Rome,Oslo"): as Gemini 3, only the first is signed
             name = tools[0]["name"]
+            directive, cities = _directive(text)
+            calls: list[dict[str, Any]] = [
+                {"functionCall": {"name": name, "args": {"city": city}}}
+                for city in (cities.split(",") if directive == "parallel" else [text])]
             signature = base64.b64encode(f"sig:{name}:{text}".encode()).decode()
-            self.signatures[_call_key(name, {"city": text})] = signature
-            return [{"functionCall": {"name": name, "args": {"city": text}},
-                     "thoughtSignature": signature}], "STOP"
+            self.signatures[_call_key(name, calls[0]["functionCall"]["args"])] = signature
+            calls[0]["thoughtSignature"] = signature
+            return calls, "STOP"
         images = [p["inlineData"] for p in last if "inlineData" in p]
         config = body.get("generationConfig", {})
         if config.get("responseMimeType") == "application/json":
@@ -542,9 +556,10 @@ class BedrockFake(_Server):
             said = ", ".join(" ".join(c.get("text", "") for c in r["content"]) for r in results)
             return [{"text": f"Tool said: {said}"}], "end_turn"
         if tools:
-            name = tools[0]["toolSpec"]["name"]
-            return [{"toolUse": {"toolUseId": "tooluse_fake01", "name": name,
-                                 "input": {"city": text}}}], "tool_use"
+            spec = tools[0]["toolSpec"]
+            takes = spec["inputSchema"]["json"].get("properties")
+            return [{"toolUse": {"toolUseId": "tooluse_fake01", "name": spec["name"],
+                                 "input": {"city": text} if takes else {}}}], "tool_use"
         images = [b["image"] for b in last if "image" in b]
         text_format = body.get("outputConfig", {}).get("textFormat")
         if text_format is not None:
@@ -576,7 +591,8 @@ class BedrockFake(_Server):
                 use = block["toolUse"]
                 frames.append(_event("contentBlockStart", {"contentBlockIndex": index, "start": {
                     "toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}}))
-                arguments = json.dumps(use["input"])
+                # no input at all for a call without arguments, as Bedrock streams it
+                arguments = json.dumps(use["input"]) if use["input"] else ""
                 frames += [_event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
                     "toolUse": {"input": arguments[at:at + 6]}}})
                     for at in range(0, len(arguments), 6)]

@@ -200,6 +200,18 @@ def test_tools_round_trip_plain_and_streamed(client: openai.OpenAI, fake: Bedroc
     assert fake.last().json()["messages"][2]["content"][0]["toolResult"]["toolUseId"] == call.id
 
 
+def test_a_call_without_arguments_streams_an_empty_object(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]
+    chunks = list(client.chat.completions.create(model=MODEL, tools=tools, stream=True,
+                                                 messages=[{"role": "user", "content": "time"}]))
+    deltas = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "now"
+    assert json.loads("".join(t.function.arguments or "" for t in deltas)) == {}
+    plain = client.chat.completions.create(model=MODEL, tools=tools,
+                                           messages=[{"role": "user", "content": "time"}])
+    assert json.loads(plain.choices[0].message.tool_calls[0].function.arguments) == {}
+
+
 def test_images_go_as_bytes(client: openai.OpenAI, fake: BedrockFake) -> None:
     completion = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
         {"type": "text", "text": "look"},
@@ -324,3 +336,49 @@ def test_config_needs_region_and_botocore(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "botocore", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"providers\[0\]\.kind: .*edge\[bedrock\]"):
         load_config(path, env={})
+
+
+def test_credentials_from_a_shared_file_profile_under_concurrent_first_use(
+        tmp_path: Path, fake: BedrockFake) -> None:
+    """The chain beyond the environment: AWS_PROFILE in a shared credentials file, resolved
+    once (in a worker thread) while eight requests arrive together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from _servers import EdgeProcess
+
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[edge-test]\naws_access_key_id = {ACCESS_KEY}\n"
+                           f"aws_secret_access_key = {SECRET_KEY}\n")
+    env = {"AWS_PROFILE": "edge-test", "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+           "AWS_CONFIG_FILE": "/nonexistent/config", "AWS_EC2_METADATA_DISABLED": "true"}
+    edge = EdgeProcess(tmp_path, config=config_for(fake.url), env=env)
+    try:
+        with openai.OpenAI(base_url=f"{edge.url}/v1", api_key="k", max_retries=0) as c:
+            def ask(i: int) -> str:
+                return c.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": f"profile {i}"}],
+                ).choices[0].message.content
+
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(ask, range(8)))
+        assert answers == [f"Bedrock reply to: profile {i}" for i in range(8)]
+    finally:
+        edge.stop()
+
+
+def test_no_credentials_anywhere_is_a_clear_502(tmp_path: Path, fake: BedrockFake) -> None:
+    from _servers import EdgeProcess
+
+    env = {"AWS_CONFIG_FILE": "/nonexistent/config", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+           "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    edge = EdgeProcess(tmp_path, config=config_for(fake.url), env=env)
+    try:
+        with openai.OpenAI(base_url=f"{edge.url}/v1", api_key="k", max_retries=0) as c:
+            with pytest.raises(openai.APIStatusError) as caught:
+                c.chat.completions.create(model=MODEL,
+                                          messages=[{"role": "user", "content": "x"}])
+        assert caught.value.status_code == 502
+        assert "found no AWS credentials" in caught.value.message
+    finally:
+        edge.stop()

@@ -181,6 +181,41 @@ def test_tools_round_trip_keeps_the_thought_signature(client: openai.OpenAI,
     assert fourth.choices[0].message.content == 'Tool said: get_weather={"content": "cloudy"}'
 
 
+def test_parallel_calls_and_their_results_make_one_turn_each(client: openai.OpenAI,
+                                                              fake: GeminiFake) -> None:
+    for stream in (False, True):
+        if stream:
+            chunks = list(client.chat.completions.create(
+                model=MODEL, tools=TOOLS, stream=True,
+                messages=[{"role": "user", "content": "!parallel Rome,Oslo"}]))
+            deltas = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+            ids = [t.id for t in deltas if t.id]
+            arguments = ["".join(t.function.arguments or "" for t in deltas if t.index == i)
+                         for i in range(2)]
+        else:
+            message = client.chat.completions.create(
+                model=MODEL, tools=TOOLS,
+                messages=[{"role": "user", "content": "!parallel Rome,Oslo"}]).choices[0].message
+            ids = [c.id for c in message.tool_calls]
+            arguments = [c.function.arguments for c in message.tool_calls]
+        assert len(set(ids)) == 2
+        assert [json.loads(a) for a in arguments] == [{"city": "Rome"}, {"city": "Oslo"}]
+        calls = [{"id": i, "type": "function", "function": {"name": "get_weather",
+                                                            "arguments": a}}
+                 for i, a in zip(ids, arguments, strict=True)]
+        answer = client.chat.completions.create(model=MODEL, tools=TOOLS, messages=[
+            {"role": "user", "content": "!parallel Rome,Oslo"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": ids[0], "content": "hot"},
+            {"role": "tool", "tool_call_id": ids[1], "content": "cold"}])
+        assert answer.choices[0].message.content == (
+            'Tool said: get_weather={"content": "hot"}, get_weather={"content": "cold"}')
+        model_turn, results = fake.last().json()["contents"][1:]
+        assert "thoughtSignature" in model_turn["parts"][0]
+        assert "thoughtSignature" not in model_turn["parts"][1]
+        assert len(results["parts"]) == 2
+
+
 def test_streamed_tool_call(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(
         model=MODEL, tools=TOOLS, stream=True, messages=[{"role": "user", "content": "Oslo"}]))
