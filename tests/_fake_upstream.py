@@ -80,6 +80,7 @@ class FakeUpstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # each write goes out at once, as servers do
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 return
@@ -96,8 +97,9 @@ class FakeUpstream:
                     self.send_header(name, value)
                 if isinstance(reply.body, bytes):
                     self.send_header("content-length", str(len(reply.body)))
-                    self.end_headers()
-                    self.wfile.write(reply.body)
+                    # head and body in one write, as real servers send a small answer
+                    self._headers_buffer.extend([b"\r\n", reply.body])  # type: ignore[attr-defined]
+                    self.flush_headers()
                     return
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
