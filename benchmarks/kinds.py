@@ -133,7 +133,7 @@ models = ["anthropic.*"]
             wait_ready(edge, "/health/ready")
             pid = edge.pid
             assert pid is not None
-            for kind, model in MODELS.items():  # warm-up: connections, credentials, memos
+            for model in MODELS.values():  # warm-up: connections, credentials, memos
                 _batch(url, model, 50, args.clients)
             for _ in range(args.rounds):
                 for kind, model in MODELS.items():
