@@ -10,6 +10,8 @@ and prints one table:
     (b) edge, miss path                   Cache-Control: no-store, every request goes upstream
     (c) bare Hypercorn-Trio app           the ceiling for any app on this server stack
     (d) edge, hit path                    the same body again, answered from the cache
+    (e), (f) the same as (b), (d) with governance on: 10 client keys with budgets, the
+             caller one of them, and a SQLite store taking a ledger row per request
 
 Machines are noisy, so absolute figures mean little across runs; the ratio to the bare
 app, measured minutes apart on the same box, is the figure to compare. The harness
@@ -169,7 +171,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tool", choices=("auto", "wrk", "loadgen"), default="auto")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for edge and the bare app (default: this one)")
-    parser.add_argument("--targets", default="abcd", help="subset of a, b, c, d to run")
+    parser.add_argument("--targets", default="abcd",
+                        help="subset of a-f to run (e, f: governance on; not by default)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every target this many times, interleaved; report the "
                              "median round")
@@ -181,8 +184,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-dir", type=Path,
                         help="keep the services' output here (default: a scratch directory)")
     args = parser.parse_args(argv)
-    if set(args.targets) - set("abcd") or not args.targets:
-        parser.error("--targets takes letters from 'abcd'")
+    if set(args.targets) - set(LABELS) or not args.targets:
+        parser.error("--targets takes letters from 'abcdef'")
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1:
         parser.error("--duration, --connections and --rounds must be positive")
     return args
@@ -193,7 +196,22 @@ LABELS = {
     "b": "(b) edge, miss (no-store)",
     "c": "(c) bare Hypercorn-Trio app",
     "d": "(d) edge, hit (same body)",
+    "e": "(e) edge+governance, miss",
+    "f": "(f) edge+governance, hit",
 }
+GOVERNED_KEYS = 10
+GOVERNED_CALLER = "sk-bench-team-3"
+
+
+def governed_config(mock_port: int, workdir: Path) -> str:
+    """(e), (f)'s edge: 10 keys with budgets no run can spend, and a SQLite store."""
+    keys = ",\n  ".join(
+        f'{{ name = "team-{i}", key = "sk-bench-team-{i}", budget_usd = 1000000.0, '
+        f'budget_period = "month" }}' for i in range(GOVERNED_KEYS))
+    return (f'[[providers]]\nname = "openai"\nkind = "openai"\n'
+            f'base_url = "http://127.0.0.1:{mock_port}/v1"\napi_key = "sk-bench"\n'
+            f'models = ["*"]\n\n[auth]\nkeys = [\n  {keys}\n]\n\n'
+            f'[store]\nurl = "sqlite:///{workdir / "governed.db"}"\n')
 AUTH = (("Authorization", f"Bearer {CLIENT_KEY}"),)
 
 
@@ -213,7 +231,7 @@ class Harness:
         self.workdir = workdir
         self.logdir = logdir
         self.use_wrk = use_wrk
-        self.rows = {key: Row(key, LABELS[key]) for key in "abcd" if key in args.targets}
+        self.rows = {key: Row(key, LABELS[key]) for key in LABELS if key in args.targets}
         self.targets: dict[str, Target] = {}
         self.services: list[Service] = []
         self.owner: dict[str, Service] = {}
@@ -256,7 +274,7 @@ class Harness:
         """Mock first (its answer sizes the bare app), then the bare app and edge together."""
         args = self.args
         mock: Service | None = None
-        if set(self.rows) & set("abd"):
+        if set(self.rows) & set("abdef"):
             if self.here.can_run_mock:
                 port = free_port()
                 mock = self._launch(
@@ -266,7 +284,7 @@ class Harness:
                 if not self.bring_up(mock, "/v1/models", AUTH):
                     mock = None
             else:
-                self.skip(set("abd"), f"{sys.executable} cannot run the mock upstream "
+                self.skip(set("abdef"), f"{sys.executable} cannot run the mock upstream "
                                       f"({self.here.problem})")
         mock_body = validate(self.targets["a"])[0] if "a" in self.targets else None
 
@@ -305,6 +323,25 @@ class Harness:
                 "d": AUTH,
             })
             pending.append((edge, "/health/ready"))
+
+        governed_keys = set(self.rows) & {"e", "f"}
+        if governed_keys and mock is None:
+            self.skip(governed_keys, "no mock upstream to point edge at")
+        elif governed_keys and not self.interp.can_run_edge:
+            self.skip(governed_keys,
+                      f"{self.python} cannot import edge.cli ({self.interp.problem})")
+        elif governed_keys and mock is not None:
+            port = free_port()
+            config = self.workdir / "governed.toml"
+            config.write_text(governed_config(mock.port, self.workdir))
+            argv = [self.python, "-m", "edge", "serve", "--config", str(config),
+                    "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+                    "--workers", str(args.workers), "--log-level", args.edge_log_level]
+            caller = (("Authorization", f"Bearer {GOVERNED_CALLER}"),)
+            governed = self._launch("edge+governance", argv, port, child_env({}),
+                                    self.workdir, {"e": (*caller, ("Cache-Control", "no-store")),
+                                                   "f": caller})
+            pending.append((governed, "/health/ready"))
 
         for service, path in pending:
             self.bring_up(service, path)

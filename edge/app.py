@@ -28,10 +28,11 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
+    Unauthorized,
     clip,
     render,
 )
-from .exchange import JSON_HEADERS, ClientGone, Receive, Request, Scope, Send
+from .exchange import JSON_HEADERS, ClientGone, Receive, Request, Scope, Send, read_body, send_json
 from .logs import LEVELS, log
 from .metrics import Metrics
 from .ops import Ops
@@ -45,6 +46,7 @@ _INFO = LEVELS["info"]
 _CHAT = OpenAIDialect("chat", schema.validate_chat)
 _EMBEDDINGS = OpenAIDialect("embeddings", schema.validate_embeddings)
 _MESSAGES = AnthropicDialect()
+_ADMIN_ROUTE = ("GET", "POST", "PATCH", "DELETE")  # the admin API answers 405 itself
 
 
 class EdgeApp:
@@ -113,6 +115,8 @@ class EdgeApp:
         try:
             if path.startswith("/v1/"):
                 self.authenticate(req)  # every /v1/* answer needs a key, even a 404 or 405
+            elif route is None and (path == "/admin" or path.startswith("/admin/")):
+                route = _ADMIN_ROUTE, self._admin
             if route is None:
                 raise NotFound(f"Unknown path: {clip(path)}", code="unknown_url")
             methods, handler = route
@@ -194,10 +198,42 @@ class EdgeApp:
         return edge
 
     def authenticate(self, req: Request) -> None:
-        """Sets `req.key` and `req.tenant` from the client key; Unauthorized for a wrong one."""
-        key = self.auth.authenticate(req.headers, time.time())
+        """Sets `req.key` and `req.tenant` from the client key; Unauthorized for a wrong one.
+
+        The running service's authenticator also knows the store's admin-made keys; before
+        start-up (and after shutdown) the file's keys alone decide, so a request that is
+        going to get a 503 still gets its 401 first.
+        """
+        edge = self.edge
+        auth = edge.auth if edge is not None else self.auth
+        key = auth.authenticate(req.headers, time.time())
         req.key = key
         req.tenant = key.name
+
+    async def _admin(self, req: Request) -> None:
+        """`/admin/*`: 404 with no admin key configured, 401 without it, before any body
+        is read; then the admin API answers (its errors in OpenAI's format)."""
+        path = req.scope["path"]
+        auth = self.auth
+        if not auth.admin_enabled:
+            raise NotFound(f"Unknown path: {clip(path)}", code="unknown_url")
+        if not auth.is_admin(req.headers):
+            raise Unauthorized("The admin API needs 'Authorization: Bearer <admin key>'.",
+                               code="invalid_admin_key")
+        edge = self.service()
+        req.endpoint = "admin"
+        body = await read_body(req, self.config.server.max_request_bytes,
+                               self.config.server.request_body_timeout_s)
+        status, payload, headers = await edge.admin.dispatch(
+            req.scope["method"], path, req.scope.get("query_string", b""), body)
+        if status == 204:
+            req.status = 204
+            await req.send({"type": "http.response.start", "status": 204,
+                            "headers": [(b"x-request-id", req.request_id), *headers]})
+            req.finished = True
+            await req.send({"type": "http.response.body", "body": b""})
+        else:
+            await send_json(req, status, payload, headers)
 
 
 def build_app(config: Config, metrics: Metrics | None = None) -> EdgeApp:

@@ -21,8 +21,9 @@ keys count as existing from the moment this process has seen one, for the rest o
 life: deleting the last admin key must make its secret fail (401), not turn it into an
 anonymous caller.
 
-The admin key is not a client key (a request to /v1/* with it is 401 like any wrong
-key) and no client key is an admin key: `is_admin` compares only against the admin key.
+The admin key is not a client key (a request to /v1/* with it is 401, even while no
+client keys exist) and no client key is an admin key: `is_admin` compares only against
+the admin key.
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ class Authenticator:
                 return ANONYMOUS
             raise Unauthorized("Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key'.")
         digest = hashlib.sha256(token).digest()
+        if digest == self._admin_digest:
+            raise Unauthorized("The admin key is not a client key; it opens /admin/* only.")
         found = self._config_keys.get(digest)
         if found is not None and hmac.compare_digest(found[0], digest):
             return found[1]

@@ -20,6 +20,7 @@ import trio
 from . import schema
 from .metrics import Metrics
 from .routing import Deployment
+from .store.base import UsageRow
 
 if TYPE_CHECKING:
     from .cache import Entry
@@ -44,10 +45,11 @@ class Books:
         if error is not None:
             m.child(m.errors, error.kind).inc()
 
-    def served_hit(self, endpoint: str, entry: Entry) -> None:
+    def served_hit(self, call: Call, entry: Entry) -> None:
         m = self.metrics
         m.child(m.cost_saved, entry.provider, m.model_label(entry.model)).inc(entry.cost_usd)
-        self.ended(endpoint, 200)
+        call.saved = entry.cost_usd
+        self.ended(call.req.endpoint, 200)
 
     def upstream_latency(self, dep: Deployment, began: float) -> None:
         """An attempt's answer headers arrived `began` (perf_counter) after it started."""
@@ -60,6 +62,7 @@ class Books:
         """Tokens and cost of one upstream answer, into the metrics; returns the cost."""
         prompt, completion = usage
         cost = call.edge.prices.cost(dep.model, prompt, completion)
+        call.upstream_model, call.tokens, call.cost = dep.model, usage, cost
         m = self.metrics
         m.usage(dep.provider.name, dep.model, prompt, completion, cost)
         if estimated:
@@ -70,18 +73,38 @@ class Books:
             call.req.usage = "upstream"
         return cost
 
-    async def charge(self, call: Call, usage: tuple[int, int], dep: Deployment | None = None,
-                     key: Key | None = None) -> None:
-        """Tokens count against the client key's tpm once the answer is known (or cut), and
-        against the tpm of the provider's key that was sent (`key`, of `dep`'s pool)."""
-        limiter = call.edge.limiter
+    async def charge(self, call: Call, usage: tuple[int, int], cost: float,
+                     dep: Deployment | None = None, upstream_key: Key | None = None) -> None:
+        """Tokens count against the client key's tpm, and the cost against its budget, once
+        the answer is known (or cut); the tokens also against the tpm of the provider's key
+        that was sent (`upstream_key`, of `dep`'s pool)."""
+        edge = call.edge
+        limiter = edge.limiter
+        key = call.req.key
         tenant = call.req.tenant
         if limiter.limited(tenant):
             with shielded():
                 await limiter.charge(tenant, usage[0] + usage[1])
-        if key is not None and key.tpm is not None and dep is not None:
+        if upstream_key is not None and upstream_key.tpm is not None and dep is not None:
             with shielded():
-                await dep.provider.keys.charge(key, usage[0] + usage[1])
+                await dep.provider.keys.charge(upstream_key, usage[0] + usage[1])
+        if key.budget_nano is not None:
+            with shielded():
+                await edge.charge_spend(key, cost)
+
+    def ledger(self, call: Call, status: int) -> None:
+        """The request's row in the usage ledger (SPEC §7), queued for the store's writer."""
+        req = call.req
+        prompt, completion = call.tokens
+        cache = req.cache or call.policy.header
+        hit = cache.startswith(b"hit")
+        call.edge.record_usage(UsageRow(
+            time=time.time(), request_id=req.request_id.decode(), key_name=req.tenant,
+            endpoint=req.endpoint, model=call.model, provider=None if hit else req.provider,
+            upstream_model=call.upstream_model,
+            cache=cache.decode(), status=status,
+            prompt_tokens=prompt, completion_tokens=completion, cost_usd=call.cost,
+            saved_usd=call.saved, latency_ms=round(req.elapsed_ms(), 3)))
 
     async def settle_stream(self, call: Call, dep: Deployment, assembler: Any,
                             key: Key | None = None) -> float:
@@ -98,7 +121,7 @@ class Books:
         if completion is None:
             completion = estimated_tokens(assembler.text_bytes)
         cost = self.answered(call, dep, (prompt, completion), estimated)
-        await self.charge(call, (prompt, completion), dep, key)
+        await self.charge(call, (prompt, completion), cost, dep, key)
         return cost
 
 

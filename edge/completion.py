@@ -19,12 +19,14 @@ import trio
 
 from . import schema
 from .answer_meta import SSE_HEADERS, cost_header, edge_headers, with_metadata
+from .auth import check_model
 from .bookkeeping import Books
+from .budgets import budget_error
 from .cache import Cache, Entry, Flight
 from .config import Config
 from .dialects import Dialect, EventSource
 from .errors import BadRequest, EdgeError, NotFound, UpstreamError, clip
-from .exchange import Request, read_body, run_watched, send_json
+from .exchange import ClientGone, Request, read_body, run_watched, send_json
 from .failover import Attempts
 from .routing import Deployment
 from .service import Edge
@@ -54,7 +56,7 @@ class Call:
     """One validated completion request on its way through cache and upstream."""
 
     __slots__ = ("req", "edge", "dialect", "body", "raw", "model", "policy", "stream",
-                 "wants_usage")
+                 "wants_usage", "upstream_model", "tokens", "cost", "saved")
 
     def __init__(self, req: Request, edge: Edge, dialect: Dialect, body: dict[str, Any],
                  raw: bytes, model: str, policy: CachePolicy, stream: bool) -> None:
@@ -68,6 +70,12 @@ class Call:
         self.stream = stream
         options = body.get("stream_options")
         self.wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        # What the ledger row says of it (`Books.ledger`): who answered, what it used and
+        # cost, and what a hit saved.
+        self.upstream_model: str | None = None
+        self.tokens = (0, 0)
+        self.cost = 0.0
+        self.saved = 0.0
 
 
 class Completions:
@@ -94,16 +102,28 @@ class Completions:
         if not edge.router.groups(model):
             raise NotFound(f"No configured provider serves the model '{clip(model)}'.",
                            param="model", code="model_not_found")
+        key = req.key
+        if key.models is not None:
+            check_model(key, model, edge.config.models)  # 403 before any upstream call
         policy = cache_policy(req, edge.cache)
         stream = body.get("stream") is True and dialect.operation == "chat"
         call = Call(req, edge, dialect, body, raw, model, policy, stream)
         metrics = self.metrics
         metrics.inflight.inc()
+        status = 500
         try:
             await self._serve(call)
+            status = req.status
+        except EdgeError as error:
+            status = error.status
+            raise
+        except ClientGone:
+            status = 499
+            raise
         finally:
             metrics.inflight.dec()
             metrics.child(metrics.duration, req.endpoint).observe(time.perf_counter() - req.start)
+            self.books.ledger(call, status)
 
     async def _serve(self, call: Call) -> None:
         """Cache lookup, coalescing, then the upstream: the whole life of a completion."""
@@ -119,6 +139,8 @@ class Completions:
                 if hit is not None:
                     await self._send_hit(call, *hit)
                     return
+                if call.req.key.budget_nano is not None:
+                    await self._within_budget(call)  # hits are free, even over budget
                 leader, flight = cache.lead_or_follow(key)
                 if leader:
                     break
@@ -131,6 +153,8 @@ class Completions:
                     await self._send_hit(call, entry, "l1")
                     return
                 # the leader was abandoned: look again, and lead if nobody else does
+        elif call.req.key.budget_nano is not None:
+            await self._within_budget(call)
         try:
             if call.stream:
                 entry = await run_watched(call.req, lambda: self._relay_stream(call), flight)
@@ -148,9 +172,16 @@ class Completions:
             if flight is not None and not flight.done.is_set():
                 cache.finish(key, flight)  # abandoned: followers look again on their own
 
+    async def _within_budget(self, call: Call) -> None:
+        """Refuse a request that would reach an upstream once its key spent its budget."""
+        refusal = await call.edge.budget_refusal(call.req.key)
+        if refusal is not None:
+            self.metrics.budget_refusals.inc()
+            raise budget_error(call.req.key.name, refusal, time.time())
+
     async def _send_hit(self, call: Call, entry: Entry, tier: str) -> None:
         req = call.req
-        self.books.served_hit(req.endpoint, entry)
+        self.books.served_hit(call, entry)
         latency = round(req.elapsed_ms(), 3)
         cache_header = b"hit-l1" if tier == "l1" else b"hit-l2"
         req.provider, req.cache = entry.provider, cache_header
@@ -195,7 +226,7 @@ class Completions:
                 entry.body, provider=dep.provider.name, tier=None, latency_ms=latency, cost=cost),
                 edge_headers(call.policy.header, dep.provider.name, latency, cost_header(cost)))
         finally:
-            await books.charge(call, usage, dep, attempts.key)  # paid for, sent or not
+            await books.charge(call, usage, cost, dep, attempts.key)  # paid for, sent or not
         return entry
 
     async def _relay_stream(self, call: Call) -> Entry | None:

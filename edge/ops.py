@@ -11,6 +11,7 @@ from collections.abc import Callable
 import orjson
 
 from ._version import __version__
+from .auth import model_allowed
 from .exchange import Request, send_json
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -29,8 +30,10 @@ class Ops:
 
     async def models(self, req: Request) -> None:
         edge = self.serving()
+        policy = req.key
         data = [{"id": name, "object": "model", "created": 0, "owned_by": owner}
-                for name, owner in edge.router.model_list()]
+                for name, owner in edge.router.model_list()
+                if policy.models is None or model_allowed(policy, name, edge.config.models)]
         await send_json(req, 200, orjson.dumps({"object": "list", "data": data}))
 
     async def health(self, req: Request) -> None:
@@ -55,6 +58,10 @@ class Ops:
                       "l2_healthy": edge is not None and edge.cache.l2_healthy,
                       "l2_configured": edge is not None and edge.cache.l2_configured},
             "providers": providers,
+            # memory:// is the default, not a store anyone configured
+            "store": {"configured": edge is not None
+                      and not edge.config.store.url.startswith("memory:"),
+                      "healthy": edge is not None and edge.store.healthy},
         }
         await send_json(req, 200 if status == "healthy" else 503, orjson.dumps(body))
 

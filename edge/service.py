@@ -25,7 +25,7 @@ import trio
 
 from .admin import AdminAPI
 from .auth import Authenticator, KeyPolicy
-from .budgets import SpendCounters
+from .budgets import RedisSpend, Refusal, SpendCounters
 from .cache import Cache
 from .config import Config
 from .logs import log
@@ -35,7 +35,7 @@ from .providers import Provider, make_provider
 from .ratelimit import RateLimiter
 from .routing import Router
 from .store import open_store
-from .store.base import StoreUnavailable, UsageRow
+from .store.base import StoreUnavailable, UsageRow, from_nano
 from .store.service import StoreService
 from .tracing import Tracing
 from .transport import LeanTransport
@@ -132,7 +132,13 @@ class Edge:
         # window (per process, seeded from the ledger in `open_edge`), and /admin/*.
         self.auth = Authenticator(config.auth, self.store)
         self.spend = SpendCounters()
+        # With L2 on, spend lives in Redis, so a budget holds across workers and replicas;
+        # `spend` shadows this process's charges and decides while Redis is down.
+        self.shared_spend = (None if self.cache.l2 is None else
+                             RedisSpend(self.cache.l2, self.spend,
+                                        prefix=config.cache.key_prefix + "budget:"))
         self.admin = AdminAPI(self.store, self.auth, self.spend)
+        self._budgeted: list[KeyPolicy] = []
         self.ready = False
         self.draining = False
         log.add_secrets(k.secret for p in config.providers for k in p.keys)
@@ -155,7 +161,40 @@ class Edge:
         except StoreUnavailable as exc:
             log.warning("budgets: the store is down; spend counters start from zero",
                         reason=str(exc))
+        self._budgeted = budgeted
         self.metrics.key_spend_window(self.spend.spend_by_key())
+
+    async def seed_shared_spend(self) -> None:
+        """Give Redis the ledger's spend for windows it has no counter for (a window another
+        replica already counts in Redis is kept as it is). Needs the cache running."""
+        shared = self.shared_spend
+        if shared is None or not self._budgeted:
+            return
+        now = self.spend.now()
+        await shared.seed({p.name: (p.budget_period, self.spend.spent(p.name, p.budget_period,
+                                                                      now))
+                           for p in self._budgeted}, now)
+
+    async def budget_refusal(self, policy: KeyPolicy) -> Refusal | None:
+        """None while `policy`'s key may spend (call only for a key with a budget)."""
+        shared = self.shared_spend
+        if shared is not None:
+            return await shared.refusal(policy)
+        return self.spend.refusal(policy)
+
+    async def charge_spend(self, policy: KeyPolicy, usd: float) -> None:
+        """Add an answer's cost to its key's budget window and to `llm_edge_key_spend_usd`."""
+        shared = self.shared_spend
+        if shared is not None:
+            nano = await shared.charge(policy, usd)
+        else:
+            nano = self.spend.charge(policy, usd)
+        m = self.metrics
+        label = m.key_label(policy.name)
+        if label == policy.name:
+            m.child(m.key_spend, label).set(from_nano(nano))
+        else:
+            m.child(m.key_spend, label).inc(usd)  # keys past the cap: their sum
 
     def _store_down(self, reason: str) -> None:
         log.warning("store unavailable; requests are still served", reason=reason)
@@ -183,6 +222,7 @@ async def open_edge(config: Config, metrics: Metrics | None = None,
             await nursery.start(supervise, "store", edge.store.run)
             await edge.seed_spend()
             await nursery.start(supervise, "cache", edge.cache.run)
+            await edge.seed_shared_spend()
             edge.ready = True
             try:
                 yield edge
