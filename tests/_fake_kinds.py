@@ -17,7 +17,8 @@ Faults are asked for in the last user text, so concurrent tests never share stat
 ``!status 429`` (Gemini: a RESOURCE_EXHAUSTED error with a RetryInfo of 7s), ``!error
 ThrottlingException`` (Bedrock: that x-amzn-ErrorType), ``!cut`` (the stream stops before
 its end), ``!exception throttlingException`` (an exception frame mid-stream),
-``!badcrc`` (a frame whose CRC is wrong), ``!errorchunk`` (Gemini: an error chunk mid-stream).
+``!badcrc`` (a frame whose CRC is wrong), ``!errorchunk`` (Gemini: an error chunk mid-stream),
+``!linger`` (Gemini: the body stays open for 30 s after the last chunk).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import hmac
 import json
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -285,6 +287,8 @@ class GeminiFake(_Server):
                 candidate["finishReason"] = finish
                 chunk["usageMetadata"] = usage
             yield event(chunk)
+        if directive == "linger":  # the answer is whole, but the body does not end yet
+            time.sleep(30)
 
     def _embed(self, model: str, body: dict[str, Any]) -> Reply:
         embeddings = []

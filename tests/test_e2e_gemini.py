@@ -305,6 +305,18 @@ def test_a_stream_cut_before_its_finish_is_an_error(edge: EdgeProcess) -> None:
     assert "ended the stream early" in json.loads(events[-1])["error"]["message"]
 
 
+def test_a_body_that_lingers_after_the_last_chunk_does_not_hold_the_finish(
+        client: openai.OpenAI) -> None:
+    """The fake keeps the body open 30 s after its finish chunk; the client's read timeout
+    of 20 s fails the test unless edge ends the stream once the answer is whole."""
+    with client.with_options(timeout=20.0) as quick:
+        chunks = list(quick.chat.completions.create(
+            model=MODEL, stream=True, messages=[{"role": "user", "content": "!linger a"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Gemini reply to: !linger a")
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 # --------------------------------------------------------------------------- messages door
 
 
