@@ -24,6 +24,7 @@ its end), ``!exception throttlingException`` (an exception frame mid-stream),
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import json
@@ -114,19 +115,28 @@ _GEMINI_PATH = re.compile(r"/v1beta/models/([^/:]+):(generateContent|streamGener
 class GeminiFake(_Server):
     """The Gemini API: generateContent, streamGenerateContent?alt=sse, batchEmbedContents."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self, *keys: str, exhausted: Iterable[str] = ()) -> None:
+        """`keys` are the valid API keys; those in `exhausted` get a 429 with RetryInfo,
+        as a key over its quota does. `used` counts the requests each valid key made."""
+        self.keys = set(keys)
+        self.exhausted = set(exhausted)
+        self.used: collections.Counter[str] = collections.Counter()
         # (function name, arguments as canonical JSON) -> the signature given with that call
         self.signatures: dict[tuple[str, str], str] = {}
         super().__init__()
 
     def handle(self, request: Seen) -> Reply:
-        if request.headers.get("x-goog-api-key") != self.key:
+        key = request.headers.get("x-goog-api-key", "")
+        if key not in self.keys:
             return _json({"error": {
                 "code": 400, "message": "API key not valid. Please pass a valid API key.",
                 "status": "INVALID_ARGUMENT",
                 "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
                              "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}}, 400)
+        with self._lock:
+            self.used[key] += 1
+        if key in self.exhausted:
+            return self._error(429)
         url = urlsplit(request.path)
         found = _GEMINI_PATH.fullmatch(url.path)
         if found is None:

@@ -356,6 +356,36 @@ def test_messages_door_error_is_anthropic_shaped(claude: anthropic.Anthropic) ->
 # --------------------------------------------------------------------------- env and failover
 
 
+def test_a_pool_key_over_quota_rests_for_its_retry_info(tmp_path) -> None:
+    """The 429's RetryInfo (7 s) is the Retry-After the pool rests that key for: the other
+    key serves this request and the next ones, and /health counts one key available."""
+    fake = GeminiFake("AIza-key-one", "AIza-key-two", exhausted=["AIza-key-one"])
+    config = f"""
+[routing]
+max_attempts = 2
+
+[[providers]]
+name = "gem"
+kind = "gemini"
+base_url = "{fake.url}"
+api_keys = ["env:K1", "env:K2"]
+models = ["gemini-*"]
+"""
+    edge = EdgeProcess(tmp_path, config=config, env={"K1": "AIza-key-one", "K2": "AIza-key-two"})
+    try:
+        with openai.OpenAI(base_url=f"{edge.url}/v1", api_key="k", max_retries=0) as c:
+            for i in range(4):
+                answer = c.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": f"pooled {i}"}])
+                assert answer.choices[0].message.content == f"Gemini reply to: pooled {i}"
+        assert fake.used == {"AIza-key-one": 1, "AIza-key-two": 4}
+        keys = httpx.get(f"{edge.url}/health").json()["providers"]["gem"]["keys"]
+        assert keys == {"total": 2, "available": 1}
+    finally:
+        edge.stop()
+        fake.close()
+
+
 def test_gemini_api_key_adds_the_builtin_provider(tmp_path, fake: GeminiFake) -> None:
     edge = EdgeProcess(tmp_path, env={"GEMINI_API_KEY": KEY, "GEMINI_BASE_URL": fake.url})
     try:
