@@ -133,10 +133,9 @@ class BedrockProvider(Provider):
         moment `send` sends it: the signature carries the time, so one per attempt."""
         headers = request.headers
         signed = [("content-type", headers["content-type"]), ("accept", headers["accept"])]
-        for name, value in self._signer.sign(
-                self._frozen, "POST", request.url.raw_path.decode("ascii"), self._host, signed,
-                request.content,
-                datetime.now(UTC)):
+        path = request.url.raw_path.decode("ascii")  # percent-encoded, as sent
+        for name, value in self._signer.sign(self._frozen, "POST", path, self._host, signed,
+                                             request.content, datetime.now(UTC)):
             headers[name] = value
 
     def status_error(self, response: httpx.Response, body: bytes) -> UpstreamStatus:
