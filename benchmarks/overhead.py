@@ -12,6 +12,12 @@ and prints one table:
     (d) edge, hit path                    the same body again, answered from the cache
     (e), (f) the same as (b), (d) with governance on: 10 client keys with budgets, the
              caller one of them, and a SQLite store taking a ledger row per request
+    (g), (h) the same question as (b), (d) through POST /v1/responses, on (b)'s edge
+
+(g) and (h) go to (b)'s edge, whose provider has `responses_api = false`, so a miss is
+translated through the hub to the mock's chat endpoint, and every answer, hit or miss,
+is kept in the (memory) response store as any stored response is (SPEC §8 targets: a
+hit costs at most 10 % more than (d), a translated miss at most 15 % more than (b)).
 
 Machines are noisy, so absolute figures mean little across runs; the ratio to the bare
 app, measured minutes apart on the same box, is the figure to compare. The harness
@@ -37,7 +43,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.drivers import CHAT_BODY, CHAT_PATH, CLIENT_KEY, Request, pick_tool, run_closed
+from benchmarks.drivers import (
+    CHAT_BODY,
+    CHAT_PATH,
+    CLIENT_KEY,
+    USER_PROMPT,
+    Request,
+    pick_tool,
+    run_closed,
+)
 from benchmarks.loadgen import LoadResult
 from benchmarks.services import (
     REPO_ROOT,
@@ -66,6 +80,8 @@ class Target:
     label: str
     port: int
     headers: tuple[tuple[str, str], ...]
+    path: str = CHAT_PATH
+    body: bytes = CHAT_BODY
 
 
 @dataclass(slots=True)
@@ -95,7 +111,8 @@ class Row:
 
 def validate(target: Target) -> tuple[bytes, dict[str, str]]:
     """Check the target answers our request with 200 and a JSON body; return body, headers."""
-    status, headers, body = http_call(target.port, "POST", CHAT_PATH, CHAT_BODY, target.headers)
+    status, headers, body = http_call(target.port, "POST", target.path, target.body,
+                                      target.headers)
     if status != 200:
         raise BenchError(f"{target.label}: expected 200, got {status}: {body[:300]!r}")
     try:
@@ -109,7 +126,8 @@ def run_target(
     target: Target, args: argparse.Namespace, use_wrk: bool, workdir: Path
 ) -> LoadResult:
     """Warm up (result thrown away), then measure."""
-    request = Request(port=target.port, body=CHAT_BODY, headers=target.headers)
+    request = Request(port=target.port, body=target.body, headers=target.headers,
+                      path=target.path)
 
     def once(duration: float) -> LoadResult:
         return run_closed(request, duration, args.connections, use_wrk=use_wrk,
@@ -172,7 +190,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for edge and the bare app (default: this one)")
     parser.add_argument("--targets", default="abcd",
-                        help="subset of a-f to run (e, f: governance on; not by default)")
+                        help="subset of a-h to run (e, f: governance on; g, h: the "
+                             "Responses API; neither by default)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every target this many times, interleaved; report the "
                              "median round")
@@ -185,7 +204,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="keep the services' output here (default: a scratch directory)")
     args = parser.parse_args(argv)
     if set(args.targets) - set(LABELS) or not args.targets:
-        parser.error("--targets takes letters from 'abcdef'")
+        parser.error("--targets takes letters from 'abcdefgh'")
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1:
         parser.error("--duration, --connections and --rounds must be positive")
     return args
@@ -198,7 +217,28 @@ LABELS = {
     "d": "(d) edge, hit (same body)",
     "e": "(e) edge+governance, miss",
     "f": "(f) edge+governance, hit",
+    "g": "(g) edge, Responses miss (translated)",
+    "h": "(h) edge, Responses hit",
 }
+RESPONSES_PATH = "/v1/responses"
+# (b)'s question in the Responses format: the same system text, prompt and limits
+RESPONSES_BODY = json.dumps({
+    "model": "gpt-4o-mini", "instructions": "You are a concise assistant.",
+    "input": USER_PROMPT, "max_output_tokens": 64, "temperature": 0,
+}, separators=(",", ":")).encode()
+# The rows that do not send (b)'s request, by key.
+REQUESTS = {"g": (RESPONSES_PATH, RESPONSES_BODY), "h": (RESPONSES_PATH, RESPONSES_BODY)}
+# (b)'s edge: the built-in provider's settings, but translating the Responses API (one
+# made from OPENAI_API_KEY passes it through), so (g) measures the hub as (b) does not.
+EDGE_CONFIG = """
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "{url}"
+api_key = "env:OPENAI_API_KEY"
+models = ["*"]
+responses_api = false
+"""
 GOVERNED_KEYS = 10
 GOVERNED_CALLER = "sk-bench-team-3"
 
@@ -249,7 +289,8 @@ class Harness:
         self.services.append(service)
         service.start()
         for key, headers in keys.items():
-            self.targets[key] = Target(key, LABELS[key], port, headers)
+            path, body = REQUESTS.get(key, (CHAT_PATH, CHAT_BODY))
+            self.targets[key] = Target(key, LABELS[key], port, headers, path, body)
             self.owner[key] = service
         return service
 
@@ -274,7 +315,7 @@ class Harness:
         """Mock first (its answer sizes the bare app), then the bare app and edge together."""
         args = self.args
         mock: Service | None = None
-        if set(self.rows) & set("abdef"):
+        if set(self.rows) & set("abdefgh"):
             if self.here.can_run_mock:
                 port = free_port()
                 mock = self._launch(
@@ -284,7 +325,7 @@ class Harness:
                 if not self.bring_up(mock, "/v1/models", AUTH):
                     mock = None
             else:
-                self.skip(set("abdef"), f"{sys.executable} cannot run the mock upstream "
+                self.skip(set("abdefgh"), f"{sys.executable} cannot run the mock upstream "
                                       f"({self.here.problem})")
         mock_body = validate(self.targets["a"])[0] if "a" in self.targets else None
 
@@ -302,25 +343,25 @@ class Harness:
             bare = self._launch("bare app", argv, port, child_env({}), REPO_ROOT, {"c": AUTH})
             pending.append((bare, "/"))
 
-        edge_keys = set(self.rows) & {"b", "d"}
+        edge_keys = set(self.rows) & {"b", "d", "g", "h"}
         if edge_keys and mock is None:
             self.skip(edge_keys, "no mock upstream to point edge at")
         elif edge_keys and not self.interp.can_run_edge:
             self.skip(edge_keys, f"{self.python} cannot import edge.cli ({self.interp.problem})")
         elif edge_keys and mock is not None:
             port = free_port()
-            env = child_env({
-                "OPENAI_API_KEY": "sk-bench",
-                "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
-                "METRICS_PORT": "0",
-            })
+            env = child_env({"OPENAI_API_KEY": "sk-bench", "METRICS_PORT": "0"})
+            config = self.workdir / "edge.toml"
+            config.write_text(EDGE_CONFIG.format(url=f"http://127.0.0.1:{mock.port}/v1"))
             argv = [self.python, "-m", "edge", "serve", "--host", "127.0.0.1",
                     "--port", str(port), "--metrics-port", "0", "--workers", str(args.workers),
-                    "--log-level", args.edge_log_level]
-            # cwd is the scratch directory so no ./edge.toml changes the run.
+                    "--log-level", args.edge_log_level, "--config", str(config)]
+            # cwd is the scratch directory and the config is named, so nothing else is read.
             edge = self._launch("edge", argv, port, env, self.workdir, {
                 "b": (*AUTH, ("Cache-Control", "no-store")),
                 "d": AUTH,
+                "g": (*AUTH, ("Cache-Control", "no-store")),
+                "h": AUTH,
             })
             pending.append((edge, "/health/ready"))
 

@@ -1459,3 +1459,41 @@ def frame_event(name, obj):
     w[size + n + 14] = b'\n'
     w[size + n + 15] = b'\n'
     return out
+
+
+# -- request heads ---------------------------------------------------------------------
+
+HEAD_OK = 0
+HEAD_TOO_LARGE = 1
+HEAD_AMBIGUOUS_FRAMING = 2
+
+
+def head_check(bytes target, items, Py_ssize_t limit):
+    """head_check(target: bytes, items: list[tuple[bytes, ...]], limit: int) -> int
+
+    Whether a request head parsed by h11 may be served: HEAD_OK, HEAD_TOO_LARGE (request
+    line and headers over `limit` bytes, counting ": " and CRLF per header) or
+    HEAD_AMBIGUOUS_FRAMING (both Content-Length and Transfer-Encoding). `items` holds
+    tuples whose last two members are the lower-case name and the value: h11's
+    (raw name, name, value) triples, or (name, value) pairs.
+    """
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(target)
+    cdef bint has_length = False
+    cdef bint has_coding = False
+    cdef Py_ssize_t n
+    cdef bytes name  # typed: a non-bytes member is a TypeError, never a bad read
+    cdef bytes value
+    for item in items:
+        n = len(<tuple>item)
+        name = (<tuple>item)[n - 2]
+        value = (<tuple>item)[n - 1]
+        size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        if PyBytes_GET_SIZE(name) == 14 and name == b"content-length":
+            has_length = True
+        elif PyBytes_GET_SIZE(name) == 17 and name == b"transfer-encoding":
+            has_coding = True
+    if size > limit:
+        return HEAD_TOO_LARGE
+    if has_length and has_coding:
+        return HEAD_AMBIGUOUS_FRAMING
+    return HEAD_OK

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -23,25 +23,29 @@ __all__ = [
     "BREAKER_CLOSED",
     "BREAKER_HALF_OPEN",
     "BREAKER_OPEN",
+    "Breaker",
     "DONE",
+    "DeploymentStats",
     "EXCLUDED_FIELDS",
+    "HEAD_AMBIGUOUS_FRAMING",
+    "HEAD_OK",
+    "HEAD_TOO_LARGE",
+    "LRUCache",
     "MAX_DEPTH",
     "MAX_EVENT_BYTES",
     "PROBE_RETRY_S",
+    "SSEError",
+    "SSEParser",
     "STRATEGY_COST",
     "STRATEGY_FAILOVER",
     "STRATEGY_LATENCY",
     "STRATEGY_LEAST_BUSY",
     "STRATEGY_MODEL",
-    "Breaker",
-    "DeploymentStats",
-    "LRUCache",
-    "SSEError",
-    "SSEParser",
     "cache_key",
     "canonical",
     "frame",
     "frame_event",
+    "head_check",
     "rank",
     "retry_after_all",
 ]
@@ -752,3 +756,33 @@ def frame_event(name: str, obj: Any) -> bytes:
     `name` is encoded as its base str value (a subclass's own `encode` is not used).
     """
     return b"event: " + str.encode(name) + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+# -- request heads ---------------------------------------------------------------------
+
+HEAD_OK = 0
+HEAD_TOO_LARGE = 1
+HEAD_AMBIGUOUS_FRAMING = 2
+
+
+def head_check(target: bytes, items: Iterable[tuple[bytes, ...]], limit: int) -> int:
+    """Whether a request head parsed by h11 may be served: HEAD_OK, HEAD_TOO_LARGE (request
+    line and headers over `limit` bytes, counting ": " and CRLF per header) or
+    HEAD_AMBIGUOUS_FRAMING (both Content-Length and Transfer-Encoding). `items` holds
+    tuples whose last two members are the lower-case name and the value: h11's
+    (raw name, name, value) triples, or (name, value) pairs.
+    """
+    size = len(target)
+    has_length = has_coding = False
+    for item in items:
+        name, value = item[-2], item[-1]
+        size += len(name) + len(value) + 4
+        if name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            has_coding = True
+    if size > limit:
+        return HEAD_TOO_LARGE
+    if has_length and has_coding:
+        return HEAD_AMBIGUOUS_FRAMING
+    return HEAD_OK

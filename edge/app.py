@@ -37,6 +37,9 @@ from .logs import LEVELS, log
 from .metrics import Metrics
 from .ops import Ops
 from .request_head import anthropic_path, origin_path
+from .responses_door import ResponsesDialect
+from .responses_store import PREFIX as STORED_RESPONSES
+from .responses_store import StoredResponses
 from .service import Edge, open_edge
 from .tracing import Tracing
 
@@ -46,6 +49,7 @@ _INFO = LEVELS["info"]
 _CHAT = OpenAIDialect("chat", schema.validate_chat)
 _EMBEDDINGS = OpenAIDialect("embeddings", schema.validate_embeddings)
 _MESSAGES = AnthropicDialect()
+_RESPONSES = ResponsesDialect()
 _ADMIN_ROUTE = ("GET", "POST", "PATCH", "DELETE")  # the admin API answers 405 itself
 
 
@@ -62,13 +66,14 @@ class EdgeApp:
         completions = Completions(config, self.service, self.books, self.tracing)
         ops = Ops(lambda: self.edge, self.service, self.metrics)
 
-        def door(dialect: OpenAIDialect | AnthropicDialect) -> Handler:
+        def door(dialect: OpenAIDialect | AnthropicDialect | ResponsesDialect) -> Handler:
             return lambda req: completions.handle(req, dialect)
 
         self._routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             "/v1/chat/completions": (("POST",), door(_CHAT)),
             "/v1/embeddings": (("POST",), door(_EMBEDDINGS)),
             "/v1/messages": (("POST",), door(_MESSAGES)),
+            "/v1/responses": (("POST",), door(_RESPONSES)),
             "/v1/models": (("GET",), ops.models),
             "/health": (("GET", "HEAD"), ops.health),
             "/health/live": (("GET", "HEAD"), ops.live),
@@ -76,6 +81,8 @@ class EdgeApp:
         }
         if config.enable_metrics:
             self._routes["/metrics"] = (("GET",), ops.metrics_endpoint)
+        # GET/DELETE /v1/responses/{id}[/input_items]: the handler checks path and method
+        self._stored = (("GET", "DELETE"), StoredResponses(self.service).handle)
 
     # -- ASGI entry ------------------------------------------------------------------
 
@@ -111,6 +118,8 @@ class EdgeApp:
         if path[:1] != "/":
             path = req.scope["path"] = origin_path(path)
         route = self._routes.get(path)
+        if route is None and path.startswith(STORED_RESPONSES):
+            route = self._stored
         req.anthropic = anthropic_path(path)
         try:
             if path.startswith("/v1/"):

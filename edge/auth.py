@@ -173,6 +173,8 @@ class Authenticator:
             if self._allow_anonymous or not self._keys_exist():
                 return ANONYMOUS
             raise Unauthorized("Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key'.")
+        if self._admin_digest is None and not self._keys_exist():
+            return ANONYMOUS  # no keys anywhere: any key is the anonymous tenant, unhashed
         digest = hashlib.sha256(token).digest()
         if digest == self._admin_digest:
             raise Unauthorized("The admin key is not a client key; it opens /admin/* only.")

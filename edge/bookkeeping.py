@@ -115,8 +115,12 @@ class Books:
         estimated = prompt is None or completion is None
         if prompt is None:
             body = call.body
-            system = {"content": body.get("system")}  # Anthropic's system prompt
-            chars = schema.prompt_chars(body) + schema.prompt_chars({"messages": [system]})
+            # Anthropic's system prompt; Responses' instructions and input items (a list
+            # once the door expanded it), whose content has the messages' shape
+            items = body.get("input")
+            more = [{"content": body.get("system")}, {"content": body.get("instructions")},
+                    *(items if isinstance(items, list) else ())]
+            chars = schema.prompt_chars(body) + schema.prompt_chars({"messages": more})
             prompt = estimated_tokens(chars)
         if completion is None:
             completion = estimated_tokens(assembler.text_bytes)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import trio
 
 from . import schema
-from .answer_meta import SSE_HEADERS, cost_header, edge_headers, with_metadata
+from .answer_meta import SSE_HEADERS, cost_header, edge_headers
 from .auth import check_model
 from .bookkeeping import Books
 from .budgets import budget_error
@@ -33,7 +34,8 @@ from .service import Edge
 from .tracing import Tracing
 
 # The field without which a 200 from upstream is not an answer for that endpoint.
-_ANSWER_FIELDS = {"chat": "choices", "embeddings": "data", "messages": "content"}
+_ANSWER_FIELDS = {"chat": "choices", "embeddings": "data", "messages": "content",
+                  "responses": "output"}
 
 
 class CachePolicy:
@@ -105,8 +107,10 @@ class Completions:
         key = req.key
         if key.models is not None:
             check_model(key, model, edge.config.models)  # 403 before any upstream call
+        if dialect.stateful:  # Responses: previous_response_id expanded before the cache key
+            dialect, body = await dialect.bind(req, edge, body, raw)
         policy = cache_policy(req, edge.cache)
-        stream = body.get("stream") is True and dialect.operation == "chat"
+        stream = body.get("stream") is True and dialect.operation != "embeddings"
         call = Call(req, edge, dialect, body, raw, model, policy, stream)
         metrics = self.metrics
         metrics.inflight.inc()
@@ -181,6 +185,8 @@ class Completions:
 
     async def _send_hit(self, call: Call, entry: Entry, tier: str) -> None:
         req = call.req
+        if call.dialect.stateful:  # a hit is a new response, kept for follow-ups (SPEC §8)
+            entry = replace(entry, body=orjson.dumps(await call.dialect.keep(entry.answer())))
         self.books.served_hit(call, entry)
         latency = round(req.elapsed_ms(), 3)
         cache_header = b"hit-l1" if tier == "l1" else b"hit-l2"
@@ -194,8 +200,8 @@ class Completions:
             req.finished = True
             await req.send({"type": "http.response.body", "body": payload})
             return
-        body = with_metadata(entry.body, provider=entry.provider, tier=tier,
-                             latency_ms=latency, cost=0.0)
+        body = call.dialect.json_body(entry.body, provider=entry.provider, tier=tier,
+                                      latency_ms=latency, cost=0.0)
         await send_json(req, 200, body, edge_headers(cache_header, entry.provider, latency, b"0"))
 
     async def _answer_json(self, call: Call) -> Entry:
@@ -214,6 +220,8 @@ class Completions:
                             tracing=self.tracing)
         answer, dep = await attempts.run()
         answer.pop("metadata", None)  # an upstream's own field would collide with ours
+        if dialect.stateful:
+            answer = await dialect.keep(answer)
         usage = dialect.usage(answer)
         cost = books.answered(call, dep, usage)
         entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
@@ -222,7 +230,7 @@ class Completions:
         latency = round(req.elapsed_ms(), 3)
         books.ended(req.endpoint, 200)
         try:
-            await send_json(req, 200, with_metadata(
+            await send_json(req, 200, dialect.json_body(
                 entry.body, provider=dep.provider.name, tier=None, latency_ms=latency, cost=cost),
                 edge_headers(call.policy.header, dep.provider.name, latency, cost_header(cost)))
         finally:
@@ -353,11 +361,12 @@ def _check_answer(endpoint: str, answer: dict[str, Any], dep: Deployment) -> Non
 
     It is treated like invalid JSON (SPEC §4: 502, "answered something that is not valid
     JSON"): a retryable failure, so the next candidate is tried and the breaker hears of
-    it, and nothing is cached. An Anthropic message may have no content blocks; the
-    other endpoints always answer with at least one choice or embedding.
+    it, and nothing is cached. An Anthropic message may have no content blocks and a
+    response no output items; the other endpoints always answer with at least one
+    choice or embedding.
     """
     field = _ANSWER_FIELDS[endpoint]
     value = answer.get(field)
-    if not isinstance(value, list) or (not value and endpoint != "messages"):
+    if not isinstance(value, list) or (not value and endpoint in ("chat", "embeddings")):
         raise UpstreamError(f"provider {dep.provider.name} answered 200 without "
                             f"'{field}': not a {endpoint} answer")

@@ -229,6 +229,9 @@ class ProviderConfig:
     deployments: tuple[tuple[str, str], ...] = ()  # azure: (model, deployment) pairs
     first_byte_timeout_s: float | None = None  # an answer's headers; None: timeout_s
     stream_idle_timeout_s: float = 60.0  # silence between two events of a stream
+    # kind openai only: the upstream serves /responses, so the Responses door passes
+    # requests through (SPEC §8); otherwise it translates them to Chat Completions
+    responses_api: bool = False
 
     def __repr__(self) -> str:
         return _masked_repr(self, "base_url")
@@ -860,6 +863,7 @@ _KIND_KEYS: Final[dict[str, tuple[str, Callable[[Any, str], Any]]]] = {
     "region": ("bedrock", _check_region),
     "api_version": ("azure", _check_api_version),
     "deployments": ("azure", _check_deployments),
+    "responses_api": ("openai", _check_bool),
 }
 
 
@@ -957,6 +961,7 @@ def _builtin_providers(
                 base_url=base_url,
                 api_key=api_key,
                 models=_BUILTIN_MODELS[name],
+                responses_api=name == "openai",  # OpenAI itself serves /v1/responses
             )
         )
 
@@ -1346,6 +1351,8 @@ def _provider_extras(p: ProviderConfig) -> str:
         if p.deployments:
             extras.append("deployments: " + _clip([f"{m} -> {d}" for m, d in p.deployments],
                                                   _MAX_GLOBS))
+    if p.responses_api:
+        extras.append("responses API")
     return "  " + ", ".join(extras) if extras else ""
 
 

@@ -26,11 +26,12 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import hub, schema
+from .answer_meta import with_metadata
 from .anthropic_stream import MessageAssembler, replay_events
 from .chat_stream import ChatAssembler, replay_chunks
 from .codecs import chat, messages
@@ -38,6 +39,10 @@ from .errors import EdgeError, UpstreamError, render
 from .providers import Provider
 from .routing import Deployment
 from .sse import DONE, frame, frame_event
+
+if TYPE_CHECKING:
+    from .exchange import Request
+    from .service import Edge
 
 Item = Any  # a stream item in the door's format (an OpenAI chunk, an Anthropic pair)
 
@@ -69,16 +74,29 @@ class Dialect(ABC):
     codec: Any = None  # the `edge.codecs` module of the door's format
     anthropic = False  # errors in Anthropic's format
     stream_end = b""
+    # The door keeps conversation state (Responses): `bind` makes each request's own
+    # dialect, and its `keep` dresses and stores every answer before it is sent.
+    stateful = False
 
     @abstractmethod
     def validate(self, body: dict[str, Any]) -> str:
         """Check the request (400 naming the field); returns the requested model."""
 
+    async def bind(self, req: Request, edge: Edge, body: dict[str, Any],
+                   raw: bytes) -> tuple[Dialect, dict[str, Any]]:
+        """A `stateful` door's dialect of this one request, and the body sent on."""
+        return self, body
+
+    async def keep(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """A `stateful` door's complete answer as sent, stored before it is sent."""
+        return answer
+
     def native(self, provider: Provider) -> bool:
         """Pass the request through untranslated: the one place this is decided."""
         return provider.codec is self.codec
 
-    async def fetch(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    async def fetch(self, dep: Deployment, body: dict[str, Any],
+                    raw: bytes | None) -> dict[str, Any]:
         """One complete answer from `dep`, in this door's format."""
         provider = dep.provider
         if self.native(provider):
@@ -89,7 +107,8 @@ class Dialect(ABC):
             "chat", kind.encode_request(request, dep.model), dep.model, None)
         return self.encode_answer(kind.decode_answer(answer), dep.model)
 
-    async def open(self, dep: Deployment, body: dict[str, Any], raw: bytes) -> EventSource:
+    async def open(self, dep: Deployment, body: dict[str, Any],
+                   raw: bytes | None) -> EventSource:
         """Open a stream from `dep` and read its first item (failover is possible until then)."""
         provider = dep.provider
         if self.native(provider):
@@ -122,6 +141,12 @@ class Dialect(ABC):
     def for_client(self, item: Item, wants_usage: bool) -> Item | None:
         """The item as this client gets it (None: not at all)."""
         return item
+
+    def json_body(self, body: bytes, *, provider: str, tier: str | None, latency_ms: float,
+                  cost: float) -> bytes:
+        """A stored answer's body as this client gets it: with edge's "metadata" field."""
+        return with_metadata(body, provider=provider, tier=tier, latency_ms=latency_ms,
+                             cost=cost)
 
     @abstractmethod
     def frame(self, item: Item) -> bytes:
@@ -208,10 +233,7 @@ class AnthropicDialect(Dialect):
         return messages.StreamEncoder(model, message_id="msg_" + os.urandom(12).hex())
 
     def usage(self, answer: dict[str, Any]) -> tuple[int, int]:
-        usage = answer.get("usage")
-        if not isinstance(usage, dict):
-            return 0, 0
-        return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+        return input_output_usage(answer)
 
     def assembler(self, max_bytes: int) -> MessageAssembler:
         return MessageAssembler(max_bytes)
@@ -280,6 +302,15 @@ async def _first(items: Any, dep: Deployment) -> EventSource:
 async def _close_shielded(items: Any) -> None:
     with trio.CancelScope(shield=True):
         await items.aclose()
+
+
+def input_output_usage(answer: dict[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens of an answer whose usage says `input_tokens` and
+    `output_tokens` (Anthropic messages, OpenAI responses)."""
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0
+    return _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
 
 
 def _int(value: Any) -> int:

@@ -96,33 +96,55 @@ async def read_body(req: Request, max_body: int, body_timeout_s: float) -> bytes
         go_ahead = req.scope.get("extensions", {}).get(CONTINUE_EXTENSION)
         if go_ahead is not None:
             await go_ahead["send"]()
+    body = _Body(max_body)
+    # Usually the whole body is already queued when the app first runs (Hypercorn parses
+    # the packet that carried it before the app's task starts): then it is taken as it
+    # is, with no deadline to register and cancel, which every request would pay for.
+    nowait = getattr(getattr(req.receive, "__self__", None), "receive_nowait", None)
+    if nowait is not None and body.take_queued(nowait):
+        return body.joined()
     with trio.move_on_after(body_timeout_s):
-        return await _receive_body(req, max_body)
+        while not body.add(await req.receive()):
+            pass
+        return body.joined()
     raise RequestTimeout(
         f"The request body did not arrive within {body_timeout_s:g} seconds.")
 
 
-async def _receive_body(req: Request, max_body: int) -> bytes:
-    message = await req.receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > max_body:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {max_body} bytes.")
-        return body
-    parts = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await req.receive()
+class _Body:
+    """A request body arriving as ASGI messages, refused once past `max_body` bytes."""
+
+    __slots__ = ("max_body", "parts", "size")
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, message: dict[str, Any]) -> bool:
+        """Add one message; True when it was the last."""
         if message["type"] == "http.disconnect":
             raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_body:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {max_body} bytes.")
-        parts.append(chunk)
-    return b"".join(parts)
+        chunk: bytes = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size > self.max_body:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
+        self.parts.append(chunk)
+        return not message.get("more_body", False)
+
+    def take_queued(self, receive_nowait: Callable[[], dict[str, Any]]) -> bool:
+        """Add the messages already queued; True once the last one came."""
+        while True:
+            try:
+                message = receive_nowait()
+            except trio.WouldBlock:
+                return False
+            if self.add(message):
+                return True
+
+    def joined(self) -> bytes:
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def _until_disconnect(req: Request, scope: trio.CancelScope,

@@ -41,6 +41,10 @@ __all__ = [
     "SSEParser",
     "frame",
     "frame_event",
+    "HEAD_AMBIGUOUS_FRAMING",
+    "HEAD_OK",
+    "HEAD_TOO_LARGE",
+    "head_check",
 ]
 
 _NO_EXTENSIONS = os.environ.get("EDGE_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes")
@@ -51,6 +55,9 @@ if TYPE_CHECKING:
     from edge._fastpath_py import BREAKER_OPEN as BREAKER_OPEN
     from edge._fastpath_py import DONE as DONE
     from edge._fastpath_py import EXCLUDED_FIELDS as EXCLUDED_FIELDS
+    from edge._fastpath_py import HEAD_AMBIGUOUS_FRAMING as HEAD_AMBIGUOUS_FRAMING
+    from edge._fastpath_py import HEAD_OK as HEAD_OK
+    from edge._fastpath_py import HEAD_TOO_LARGE as HEAD_TOO_LARGE
     from edge._fastpath_py import MAX_DEPTH as MAX_DEPTH
     from edge._fastpath_py import MAX_EVENT_BYTES as MAX_EVENT_BYTES
     from edge._fastpath_py import PROBE_RETRY_S as PROBE_RETRY_S
@@ -68,6 +75,7 @@ if TYPE_CHECKING:
     from edge._fastpath_py import canonical as canonical
     from edge._fastpath_py import frame as frame
     from edge._fastpath_py import frame_event as frame_event
+    from edge._fastpath_py import head_check as head_check
     from edge._fastpath_py import rank as rank
     from edge._fastpath_py import retry_after_all as retry_after_all
 

@@ -63,7 +63,10 @@ class EdgeH11Protocol(H11Protocol):
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
 
     async def _create_stream(self, request: h11.Request) -> None:
-        error = refusal(request.target, request.headers)
+        # h11's Headers is a Sequence whose items are built per index in Python; its
+        # (raw name, name, value) list, when it has one, is read directly instead
+        full = getattr(request.headers, "_full_items", None)
+        error = refusal(request.target, request.headers if full is None else full)
         if error is not None:
             await self._refuse(request, error)
             return

@@ -826,14 +826,14 @@ class _Responder:
                 answer,
                 req.model,
                 response_id="resp_" + digest,
-                item_ids=["item_" + digest],
+                item_prefix=digest,
                 created=self.created,
             )
             return self._finish(_Plan(200, orjson.dumps(body)), directives)
         encoder = responses.StreamEncoder(
             req.model,
             response_id="resp_" + digest,
-            item_prefix="item_" + digest,
+            item_prefix=digest,
             created=self.created,
         )
         events: list[hub.Event] = [hub.Start("resp_" + digest)]

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 
 from .errors import ClosingError, HeadersTooLarge
+from .fastpath import HEAD_OK, HEAD_TOO_LARGE, head_check
 
 __all__ = ["MAX_HEAD_BYTES", "anthropic_path", "origin_path", "refusal", "request_id"]
 
@@ -32,23 +33,17 @@ MAX_HEAD_BYTES = 64 * 1024  # request line + headers, as SECURITY.md documents
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 
-def refusal(target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> ClosingError | None:
-    """Why a head (names lower-case, as h11 gives them) must not be served, or None."""
-    size = len(target)
-    has_length = has_coding = False
-    for name, value in headers:
-        size += len(name) + len(value) + 4  # ": " and CRLF
-        if name == b"content-length":
-            has_length = True
-        elif name == b"transfer-encoding":
-            has_coding = True
-    if size > MAX_HEAD_BYTES:
+def refusal(target: bytes, items: Iterable[tuple[bytes, ...]]) -> ClosingError | None:
+    """Why a head must not be served, or None. `items` are h11's (raw name, name, value)
+    triples or (name, value) pairs, names lower-case; the walk is `fastpath.head_check`."""
+    verdict = head_check(target, items, MAX_HEAD_BYTES)
+    if verdict == HEAD_OK:
+        return None
+    if verdict == HEAD_TOO_LARGE:
         return HeadersTooLarge(
             f"Request line and headers exceed the limit of {MAX_HEAD_BYTES} bytes.")
-    if has_length and has_coding:
-        return ClosingError("A request must not have both Content-Length and Transfer-Encoding.",
-                            code="ambiguous_framing")
-    return None
+    return ClosingError("A request must not have both Content-Length and Transfer-Encoding.",
+                        code="ambiguous_framing")
 
 
 def origin_path(path: str) -> str:

@@ -35,11 +35,12 @@ from test_anthropic_translate import (
 )
 
 from edge import hub
-from edge.codecs import bedrock, chat, gemini, messages
+from edge.codecs import bedrock, chat, gemini, messages, responses
 
 GOLDEN = Path(__file__).parent / "golden" / "hub"
 CASES = sorted(GOLDEN.glob("*/*.json"))
-CODECS = {"chat": chat, "messages": messages, "gemini": gemini, "bedrock": bedrock}
+CODECS = {"chat": chat, "messages": messages, "responses": responses, "gemini": gemini,
+          "bedrock": bedrock}
 GOLDEN_ANTHROPIC = Path(__file__).parent / "golden" / "anthropic"
 
 # Fields whose values are plain JSON (schemas, pass-through extras), not hub values.

@@ -800,3 +800,16 @@ def test_lru_twins_agree_step_by_step(max_entries: int, max_bytes: int, ops: lis
             now += op[1]
         half = len(results) // 2
         assert results[:half] == results[half:], op
+
+
+def test_head_check_counts_the_head_and_refuses_ambiguous_framing(impl: types.ModuleType) -> None:
+    triples = [(b"Host", b"host", b"x"), (b"Content-Length", b"content-length", b"5")]
+    # request line + each header with ": " and CRLF: 2 + (4 + 1 + 4) + (14 + 1 + 4)
+    assert impl.head_check(b"/v", triples, 30) == impl.HEAD_OK
+    assert impl.head_check(b"/v", triples, 29) == impl.HEAD_TOO_LARGE
+    both = [*triples, (b"Transfer-Encoding", b"transfer-encoding", b"chunked")]
+    assert impl.head_check(b"/v", both, 1000) == impl.HEAD_AMBIGUOUS_FRAMING
+    pairs = [(b"transfer-encoding", b"chunked"), (b"content-length", b"5")]
+    assert impl.head_check(b"/v", pairs, 1000) == impl.HEAD_AMBIGUOUS_FRAMING
+    assert impl.head_check(b"/v", [], 1) == impl.HEAD_TOO_LARGE
+    assert impl.head_check(b"/v", [], 2) == impl.HEAD_OK

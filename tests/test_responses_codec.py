@@ -70,7 +70,7 @@ def test_answer_parses_as_the_sdk_response() -> None:
         usage=hub.Usage(prompt=3, completion=4),
     )
     body = responses.encode_answer(
-        answer, "m", response_id="resp_1", item_ids=["msg_1", "fc_1"], created=7
+        answer, "m", response_id="resp_1", item_prefix="r1", created=7
     )
     parsed = Response.model_validate(body)
     assert parsed.output_text == "hi"
@@ -79,7 +79,7 @@ def test_answer_parses_as_the_sdk_response() -> None:
     assert parsed.incomplete_details.reason == "max_output_tokens"
     assert parsed.usage is not None
     assert parsed.usage.total_tokens == 7
-    assert [item.id for item in parsed.output] == ["msg_1", "fc_1"]
+    assert [item.id for item in parsed.output] == ["msg_r1_0", "fc_r1_1"]
 
 
 def _sse(events: list[tuple[str, dict[str, object]]]) -> bytes:
@@ -145,7 +145,7 @@ def test_stream_events_accumulate_in_the_sdk_to_the_json_answer() -> None:
         ),
         "m",
         response_id="resp_1",
-        item_ids=["it_0", "it_1"],
+        item_prefix="it",
         created=7,
     )
     assert final.model_dump(exclude_none=True) == Response.model_validate(expected).model_dump(
@@ -181,7 +181,7 @@ def test_kind_half_round_trips_through_the_door_half() -> None:
         created=5,
     )
     wire = responses.encode_answer(
-        answer, "m", response_id="resp_9", item_ids=["a", "b"], created=5
+        answer, "m", response_id="resp_9", item_prefix="r9", created=5
     )
     assert responses.decode_answer(wire) == answer
 
@@ -212,3 +212,13 @@ def test_stream_decoder_raises_on_failure_and_on_a_cut_stream() -> None:
         decoder.feed({"type": "response.failed", "response": {"error": {"message": "overloaded"}}})
     with pytest.raises(UpstreamError):
         responses.StreamDecoder().finish()
+
+
+def test_interleaved_tool_call_deltas_are_an_upstream_error_not_misattributed() -> None:
+    """A delta for a call whose item was already closed would land in the wrong item."""
+    encoder = responses.StreamEncoder("m", response_id="resp_1", item_prefix="it", created=1)
+    for event in (hub.Start("up"), hub.ToolCallStart(0, "c0", "f"), hub.ToolCallDelta(0, "{"),
+                  hub.ToolCallStart(1, "c1", "g"), hub.ToolCallDelta(0, "")):
+        encoder.feed(event)  # an empty delta of the earlier call is harmless
+    with pytest.raises(UpstreamError):
+        encoder.feed(hub.ToolCallDelta(0, "}"))

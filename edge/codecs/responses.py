@@ -15,23 +15,64 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge import hub
-from edge.codecs._checks import JSON, bad, count, is_int, nonempty, number, stream_error, upstream
+from edge.codecs._checks import (
+    JSON,
+    bad,
+    count,
+    flag,
+    is_int,
+    nonempty,
+    number,
+    stream_error,
+    upstream,
+)
+from edge.errors import UpstreamError
 
 __all__ = [
+    "FINAL_EVENTS",
     "StreamDecoder",
     "StreamEncoder",
     "decode_answer",
     "decode_request",
     "encode_answer",
     "encode_request",
+    "error_in",
+    "item_id",
 ]
+
+#: The events that end a Responses stream normally (``response.failed`` ends it as an error).
+FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+#: The id prefix of each output item type edge names itself (OpenAI's own prefixes).
+ID_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "reasoning": "rs",
+    "web_search_call": "ws",
+    "file_search_call": "fs",
+    "computer_call": "cu",
+    "code_interpreter_call": "ci",
+    "image_generation_call": "ig",
+}
+
+
+def item_id(item_type: object, prefix: str, index: int) -> str:
+    """The id of output item `index` of a response whose items are named by `prefix`:
+    ``msg_<prefix>_0``, ``fc_<prefix>_1``, ... (stable, so a stream and its final
+    response, or two renamings of one response, always agree)."""
+    kind = ID_PREFIXES.get(item_type, "item") if isinstance(item_type, str) else "item"
+    return f"{kind}_{prefix}_{index}"
 
 _ROLES = {"user", "assistant", "system", "developer"}
 _MODES: dict[str, hub.ToolChoiceMode] = {"auto": "auto", "none": "none", "required": "required"}
 
 
-def decode_request(body: Mapping[str, Any]) -> hub.Request:
-    """The client's Responses body as a hub request; `BadRequest` names the bad field."""
+def decode_request(body: Mapping[str, Any], *, native_tools: bool = False) -> hub.Request:
+    """The client's Responses body as a hub request; `BadRequest` names the bad field.
+
+    Tools other than functions (web_search, file_search, ...) have no hub form: they are
+    refused naming their type, unless `native_tools` (the request may yet go to a native
+    Responses upstream, which serves them; they are left out of the hub request then).
+    """
     model = nonempty(body.get("model"), "model")
     system: list[str] = []
     instructions = body.get("instructions")
@@ -43,21 +84,26 @@ def decode_request(body: Mapping[str, Any]) -> hub.Request:
     max_tokens = body.get("max_output_tokens")
     if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 1):
         raise bad("max_output_tokens", "expected a positive integer")
-    choice, name = _tool_choice(body.get("tool_choice"))
+    choice, name = _tool_choice(body.get("tool_choice"), native_tools)
     stream = body.get("stream")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad("user", "expected a string")
     if stream is not None and not isinstance(stream, bool):
         raise bad("stream", "expected a boolean")
     return hub.Request(
         model=model,
         turns=turns,
         system=tuple(system),
-        tools=_tools(body.get("tools")),
+        tools=_tools(body.get("tools"), native_tools),
         tool_choice=choice,
         tool_name=name,
+        parallel_tool_calls=flag(body, "parallel_tool_calls"),
         temperature=number(body, "temperature"),
         top_p=number(body, "top_p"),
         max_tokens=max_tokens,
         response_format=_format(body.get("text")),
+        user=user,
         stream=stream,
         where="input",
     )
@@ -140,7 +186,7 @@ def _string(value: object, where: str) -> str:
     return value
 
 
-def _tools(value: object) -> tuple[hub.Tool, ...]:
+def _tools(value: object, native_tools: bool) -> tuple[hub.Tool, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -148,8 +194,16 @@ def _tools(value: object) -> tuple[hub.Tool, ...]:
     tools = []
     for i, tool in enumerate(value):
         where = f"tools[{i}]"
-        if not isinstance(tool, Mapping) or tool.get("type") != "function":
-            raise bad(f"{where}.type", "only function tools are supported")
+        if not isinstance(tool, Mapping):
+            raise bad(where, "expected an object")
+        kind = tool.get("type")
+        if kind != "function":
+            if not isinstance(kind, str) or not kind:
+                raise bad(f"{where}.type", "expected a tool type")
+            if native_tools:
+                continue
+            raise bad(f"{where}.type", f"tool type {kind!r} is served only by a provider "
+                      "with responses_api = true; this model's provider takes function tools only")
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, Mapping):
             raise bad(f"{where}.parameters", "expected an object")
@@ -165,13 +219,17 @@ def _tools(value: object) -> tuple[hub.Tool, ...]:
     return tuple(tools)
 
 
-def _tool_choice(value: object) -> tuple[hub.ToolChoiceMode | None, str | None]:
+def _tool_choice(
+    value: object, native_tools: bool
+) -> tuple[hub.ToolChoiceMode | None, str | None]:
     if value is None:
         return None, None
     if isinstance(value, str) and value in _MODES:
         return _MODES[value], None
     if isinstance(value, Mapping) and value.get("type") == "function":
         return "tool", nonempty(value.get("name"), "tool_choice.name")
+    if native_tools and isinstance(value, Mapping) and isinstance(value.get("type"), str):
+        return None, None  # a built-in tool's choice: a native upstream's to judge
     raise bad("tool_choice", "expected auto, none, required or a function choice")
 
 
@@ -204,16 +262,15 @@ def _format(value: object) -> hub.ResponseFormat | None:
 
 
 def encode_answer(
-    answer: hub.Answer, model: str, *, response_id: str, item_ids: list[str], created: int
+    answer: hub.Answer, model: str, *, response_id: str, item_prefix: str, created: int
 ) -> JSON:
-    """The ``response`` object for `answer`; `item_ids` gives one id per output item."""
+    """The ``response`` object for `answer`; its items are named by `item_prefix` (`item_id`)."""
     output: list[JSON] = []
     text: list[str] = []
-    ids = iter(item_ids)
 
     def flush() -> None:
         if text:
-            output.append(_message("".join(text), next(ids)))
+            output.append(_message("".join(text), item_id("message", item_prefix, len(output))))
             text.clear()
 
     for part in answer.parts:
@@ -221,7 +278,9 @@ def encode_answer(
             text.append(part.text)
         else:
             flush()
-            output.append(_function_call(part, next(ids)))
+            output.append(
+                _function_call(part, item_id("function_call", item_prefix, len(output)))
+            )
     flush()
     incomplete = answer.finish == "length"
     prompt = answer.usage.prompt or 0
@@ -327,16 +386,21 @@ class StreamEncoder:
         elif isinstance(event, hub.ToolCallDelta):
             at = self._calls.get(event.index)
             call = self._parts[at] if at is not None else None
-            if at is not None and isinstance(call, hub.ToolCall):
-                self._parts[at] = hub.ToolCall(call.id, call.name, call.arguments + event.arguments)
-                out.append(
-                    self._event(
-                        "response.function_call_arguments.delta",
-                        item_id=self._item_ids[-1],
-                        output_index=len(self._item_ids) - 1,
-                        delta=event.arguments,
-                    )
+            if not event.arguments:
+                return out  # an empty delta says nothing (chat upstreams send them)
+            streaming = self._open is not None and self._open["type"] == "function_call"
+            if not (streaming and at == len(self._parts) - 1 and isinstance(call, hub.ToolCall)):
+                raise upstream("tool call deltas interleave; an item here is closed once the "
+                               "next begins")
+            self._parts[at] = hub.ToolCall(call.id, call.name, call.arguments + event.arguments)
+            out.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=self._item_ids[-1],
+                    output_index=len(self._item_ids) - 1,
+                    delta=event.arguments,
                 )
+            )
         elif isinstance(event, hub.Finish):
             self._finish = event.reason
         elif isinstance(event, hub.End):
@@ -348,7 +412,7 @@ class StreamEncoder:
                 answer,
                 self._model,
                 response_id=self._id,
-                item_ids=self._item_ids,
+                item_prefix=self._prefix,
                 created=self._created,
             )
             name = (
@@ -391,9 +455,9 @@ class StreamEncoder:
         }
 
     def _open_item(self, item: JSON) -> list[tuple[str, JSON]]:
-        item_id = f"{self._prefix}_{len(self._item_ids)}"
-        self._item_ids.append(item_id)
-        self._open = {"id": item_id, **item}
+        new_id = item_id(item["type"], self._prefix, len(self._item_ids))
+        self._item_ids.append(new_id)
+        self._open = {"id": new_id, **item}
         return [
             self._event(
                 "response.output_item.added", output_index=len(self._item_ids) - 1, item=self._open
@@ -547,6 +611,18 @@ def decode_answer(body: Mapping[str, Any]) -> hub.Answer:
     )
 
 
+def error_in(data: Mapping[str, Any]) -> UpstreamError | None:
+    """The error an upstream reported as a Responses event (``response.failed`` or
+    ``error``), or None. Read here only, for the native relay and the hub alike."""
+    kind = data.get("type")
+    if kind != "response.failed" and kind != "error":
+        return None
+    response = data.get("response")
+    error = response.get("error") if isinstance(response, Mapping) else data
+    error = error if isinstance(error, Mapping) else {}
+    return stream_error(error.get("message"), error.get("code"))
+
+
 class StreamDecoder:
     """An upstream's Responses SSE events (their data objects) -> hub events."""
 
@@ -582,7 +658,7 @@ class StreamDecoder:
             if at is None:
                 raise upstream("arguments for a function call that never began")
             return [hub.ToolCallDelta(at, delta)] if isinstance(delta, str) and delta else []
-        if kind in ("response.completed", "response.incomplete"):
+        if kind in FINAL_EVENTS:
             self._ended = True
             response = data.get("response")
             answer = decode_answer(response if isinstance(response, Mapping) else {})
@@ -590,12 +666,15 @@ class StreamDecoder:
             if finish == "stop" and self._tools:
                 finish = "tool_calls"
             return [hub.Finish(finish), hub.End(answer.usage)]
-        if kind in ("response.failed", "error"):
-            response = data.get("response")
-            error = response.get("error") if isinstance(response, Mapping) else data
-            error = error if isinstance(error, Mapping) else {}
-            raise stream_error(error.get("message"), error.get("code"))
+        error = error_in(data)
+        if error is not None:
+            raise error
         return []
+
+    @property
+    def done(self) -> bool:
+        """True once the upstream's final event arrived."""
+        return self._ended
 
     def feed_item(self, item: tuple[str | None, Mapping[str, Any]]) -> list[hub.Event]:
         """`feed` for one ``(event, data)`` stream item as an adapter yields it."""

@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 import orjson
 
-from ..codecs import chat
+from ..codecs import chat, responses
 from ..config import ProviderConfig
 from ..errors import UpstreamError
 from ..sse import SSEError
-from .base import ChunkStream, Provider
+from .base import ChunkStream, Decoder, Provider
 
-_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+# "responses": a provider with `responses_api = true`, asked by the Responses door natively
+_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses"}
 
 
 class OpenAIProvider(Provider):
@@ -53,12 +54,15 @@ class OpenAIProvider(Provider):
     async def open_stream(
         self, endpoint: str, body: dict[str, Any], model: str, raw: bytes | None
     ) -> ChunkStream:
+        decode: Decoder = _decode_responses_event  # its last event carries the usage
         options = body.get("stream_options")
-        if not (isinstance(options, dict) and options.get("include_usage") is True):
-            # Ask for usage anyway (cost, token metrics, tpm); the app drops that chunk
-            # again for a client that did not ask for it.
-            body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-            raw = None
+        if endpoint != "responses":
+            decode = _decode_openai_event
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                # Ask for usage anyway (cost, token metrics, tpm); the app drops that chunk
+                # again for a client that did not ask for it.
+                body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+                raw = None
         request = httpx.Request(
             "POST",
             self._urls[endpoint],
@@ -70,7 +74,7 @@ class OpenAIProvider(Provider):
         if not ctype.startswith("text/event-stream"):
             await response.aclose()
             raise UpstreamError(f"provider {self.name} did not answer with an event stream")
-        return ChunkStream(response, self, _decode_openai_event)
+        return ChunkStream(response, self, decode)
 
 
 def _decode_openai_event(name: str | None, data: bytes) -> tuple[list[dict[str, Any]], bool]:
@@ -78,10 +82,26 @@ def _decode_openai_event(name: str | None, data: bytes) -> tuple[list[dict[str, 
         return [], True
     if not data:
         return [], False
-    chunk = orjson.loads(data)
-    if not isinstance(chunk, dict):
-        raise SSEError("event data is not a JSON object")
+    chunk = _object(data)
     error = chat.error_in(chunk)
     if error is not None:
         raise error  # ChunkStream scrubs it and raises it after the chunks before it
     return [chunk], False
+
+
+def _decode_responses_event(name: str | None, data: bytes) -> tuple[list[Any], bool]:
+    """A Responses event as an ``(event, data)`` item; the stream ends with its last event."""
+    if not data:
+        return [], False
+    event = _object(data)
+    error = responses.error_in(event)
+    if error is not None:
+        raise error
+    return [(name, event)], event.get("type") in responses.FINAL_EVENTS
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    value = orjson.loads(data)
+    if not isinstance(value, dict):
+        raise SSEError("event data is not a JSON object")
+    return value

@@ -93,9 +93,12 @@ class KeyRecord:
     models: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageRow:
     """One ledger row: a request that reached routing or the cache (SPEC §7).
+
+    Not frozen: one is made per request, and a frozen dataclass's `__init__` pays an
+    `object.__setattr__` call per field. Nothing changes a row once it is queued.
 
     `provider` and `upstream_model` are None for a cache hit; `cache` is one of `hit-l1`,
     `hit-l2`, `miss`, `refresh`, `bypass`; `saved_usd` is a hit's would-have-been cost.
@@ -205,6 +208,10 @@ class Backend(Protocol):
 
     # -- stored responses --------------------------------------------------------
     def put_response(self, response: StoredResponse) -> None: ...
+
+    def put_responses(self, responses: Sequence[StoredResponse]) -> None:
+        """Store several responses in one transaction, all or none (`AlreadyExists` if
+        any id is taken): what lets concurrent requests share one commit."""
 
     def get_response(self, id: str, key_name: str, now: float) -> StoredResponse | None:
         """The response, if `key_name` made it and it has not expired at `now`."""

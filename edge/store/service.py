@@ -14,10 +14,11 @@ the Trio thread changes:
   marks the service up again when the database answers. The first probe runs inside
   `run()` before it reports started, so a healthy store is upgraded and its keys read
   before the first request, and a dead one delays start-up by one bounded probe only.
-* **The ledger never waits.** `record_usage` puts a row in a bounded memory channel with
-  `send_nowait`; a full channel drops the row and counts it (`rows_dropped`, the metric
-  `llm_edge_usage_rows_dropped_total`). A writer task takes rows in batches of up to
-  `batch_size`, waiting at most `flush_interval` after a batch's first row. A batch whose
+* **The ledger never waits.** `record_usage` appends a row to a bounded list (no task is
+  woken per row: that would cost every request a reschedule); a full list drops the row
+  and counts it (`rows_dropped`, the metric `llm_edge_usage_rows_dropped_total`). A
+  writer task takes rows in batches of up to `batch_size` every `flush_interval`, or as
+  soon as a batch is full, so a row waits at most `flush_interval`. A batch whose
   write fails is kept (`_pending`) and written again once the probe sees the database
   back, while new rows queue behind it; so an outage shorter than the queue loses
   nothing, and a longer one loses only what the full queue refused. Writes are never
@@ -27,6 +28,11 @@ the Trio thread changes:
   `key_poll_interval` and re-reads the keys table only when it changed; the request path
   looks keys up in that snapshot (`key_by_digest`), a dict read with no IO. Key writes
   made through this service update the snapshot at once.
+* **Stored responses share commits.** `put_response` returns once its response is
+  written (a follow-up may name it at once, SPEC §8), but requests arriving together
+  are written together: a writer task takes every response queued since its last write
+  and writes them in one transaction from one thread, so under load one thread hop and
+  one commit serve many requests (group commit), and a lone request waits for one.
 * **Retention.** A cleanup task deletes ledger rows older than `retention_days` and
   stored responses past their `expires_at`, at start and every `cleanup_interval`.
 
@@ -45,7 +51,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .base import Backend, KeyRecord, StoredResponse, StoreUnavailable, UsageRow
+from .base import Backend, KeyRecord, StoredResponse, StoreError, StoreUnavailable, UsageRow
 
 __all__ = ["StoreService"]
 
@@ -63,6 +69,17 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+class _Put:
+    """One response waiting for the writer, and how its write ended."""
+
+    __slots__ = ("response", "done", "error")
+
+    def __init__(self, response: StoredResponse) -> None:
+        self.response = response
+        self.done = trio.Event()
+        self.error: StoreError | None = None
+
+
 class StoreService:
     """A `Backend` for Trio code, with health, the batched ledger and retention.
 
@@ -71,7 +88,7 @@ class StoreService:
         threads: worker threads (so database connections) in use at once.
         queue_size: ledger rows that may wait for the writer before drops begin.
         batch_size: most rows written in one transaction.
-        flush_interval: seconds a batch waits for more rows after its first.
+        flush_interval: seconds between the writer's looks at the queued rows.
         retention_days: ledger rows older than this are deleted.
         cleanup_interval: seconds between retention passes.
         key_poll_interval: seconds between checks of `keys_version`.
@@ -127,7 +144,12 @@ class StoreService:
         self._on_error = on_error
 
         self._limiter = trio.CapacityLimiter(threads)
-        self._send, self._receive = trio.open_memory_channel[UsageRow](queue_size)
+        # Rows wait in a plain list that the writer takes every `flush_interval` (or as soon
+        # as a batch is full): queueing a row is an append, with no task to wake per row.
+        self._queue_size = queue_size
+        self._queued: list[UsageRow] = []
+        self._batch_full = trio.Event()
+        self._accepting = True
         self._pending: list[UsageRow] = []
         self._state = _State.UNKNOWN
         self._generation = 0
@@ -137,6 +159,9 @@ class StoreService:
         self._tasks: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._stopped.set()
+
+        self._puts: list[_Put] = []  # responses waiting for the writer
+        self._puts_queued = trio.Event()
 
         self._keys_version: int | None = None
         self._by_name: dict[str, KeyRecord] = {}
@@ -155,17 +180,19 @@ class StoreService:
     @property
     def queued(self) -> int:
         """Ledger rows accepted and not yet written."""
-        return self._send.statistics().current_buffer_used + len(self._pending)
+        return len(self._queued) + len(self._pending)
 
     # -- the request path: no IO ----------------------------------------------------
 
     def record_usage(self, row: UsageRow) -> bool:
         """Queue a ledger row; False (and one more `rows_dropped`) if the queue is full."""
-        try:
-            self._send.send_nowait(row)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        queued = self._queued
+        if len(queued) >= self._queue_size or not self._accepting:
             self.rows_dropped += 1
             return False
+        queued.append(row)
+        if len(queued) == self._batch_size:
+            self._batch_full.set()
         return True
 
     def key_by_digest(self, digest: bytes) -> KeyRecord | None:
@@ -226,7 +253,16 @@ class StoreService:
         return await self._call(self.backend.spend_by_key, windows)
 
     async def put_response(self, response: StoredResponse) -> None:
-        await self._call(self.backend.put_response, response)
+        """Returns once `response` is written, in one transaction with whatever other
+        responses were queued meanwhile (see the module docstring)."""
+        if self._state is not _State.UP or self._tasks is None:
+            raise StoreUnavailable("the store is unavailable")
+        put = _Put(response)
+        self._puts.append(put)
+        self._puts_queued.set()
+        await put.done.wait()
+        if put.error is not None:
+            raise put.error
 
     async def get_response(self, id: str, key_name: str) -> StoredResponse | None:
         return await self._call(self.backend.get_response, id, key_name, self._clock())
@@ -266,6 +302,7 @@ class StoreService:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._probe_loop)
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._response_writer)
                     nursery.start_soon(self._key_poller)
                     nursery.start_soon(self._cleanup_loop)
                     task_status.started()
@@ -306,14 +343,10 @@ class StoreService:
             if self._tasks is not None:
                 self._tasks.cancel()
             await self._stopped.wait()
-            self._send.close()
-            rows = self._pending
+            self._accepting = False
+            rows = self._pending + self._queued
             self._pending = []
-            while True:
-                try:
-                    rows.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            self._queued = []
             with trio.move_on_after(self._close_timeout):
                 while rows:
                     batch = rows[: self._batch_size]
@@ -345,13 +378,14 @@ class StoreService:
     async def _writer(self) -> None:
         while True:
             if not self._pending:
-                try:
-                    self._pending.append(await self._receive.receive())
-                except trio.EndOfChannel:
-                    return
-                with trio.move_on_after(self._flush_interval):
-                    while len(self._pending) < self._batch_size:
-                        self._pending.append(await self._receive.receive())
+                if len(self._queued) < self._batch_size:
+                    with trio.move_on_after(self._flush_interval):
+                        await self._batch_full.wait()
+                self._batch_full = trio.Event()
+                if not self._queued:
+                    continue
+                self._pending = self._queued[: self._batch_size]
+                del self._queued[: self._batch_size]
             while self._state is not _State.UP:
                 await self._came_up.wait()
             generation = self._generation
@@ -364,6 +398,26 @@ class StoreService:
                 continue
             self.rows_written += len(batch)
             self._pending = []
+
+    async def _response_writer(self) -> None:
+        try:
+            while True:
+                await self._puts_queued.wait()
+                self._puts_queued = trio.Event()
+                batch, self._puts = self._puts, []
+                error: StoreError | None = None
+                try:
+                    await self._call(self.backend.put_responses, [p.response for p in batch])
+                except StoreError as exc:
+                    error = exc
+                for put in batch:
+                    put.error = error
+                    put.done.set()
+        finally:  # stopped: nobody waits for a write that will not come
+            for put in self._puts:
+                put.error = StoreUnavailable("the store is closing")
+                put.done.set()
+            self._puts = []
 
     async def _key_poller(self) -> None:
         while True:

@@ -225,10 +225,15 @@ class SQLBackend:
         return self._delete("DELETE FROM edge_usage WHERE ts < ?", (before,))
 
     def put_response(self, response: StoredResponse) -> None:
+        self.put_responses([response])
+
+    def put_responses(self, responses: Sequence[StoredResponse]) -> None:
+        if not responses:
+            return
         with self._session(True) as cur:
-            cur.execute(
+            cur.executemany(
                 self.dialect.sql(_RESPONSE_INSERT),
-                tuple(getattr(response, c) for c in schema.RESPONSE_COLUMNS),
+                [tuple(getattr(r, c) for c in schema.RESPONSE_COLUMNS) for r in responses],
             )
 
     def get_response(self, id: str, key_name: str, now: float) -> StoredResponse | None:
