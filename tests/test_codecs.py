@@ -89,7 +89,8 @@ def run(codec: Any, function: str, args: Mapping[str, Any], given_input: Any) ->
         decoder = codec.StreamDecoder()
         events: list[hub.Event] = []
         for item in given_input:
-            events += decoder.feed_item(tuple(item) if isinstance(item, list) else item)
+            events += (decoder.feed_item(tuple(item)) if isinstance(item, list)
+                       else decoder.feed(item))
         if hasattr(decoder, "finish"):
             events += decoder.finish()
         assert decoder.done

@@ -382,3 +382,24 @@ def test_no_credentials_anywhere_is_a_clear_502(tmp_path: Path, fake: BedrockFak
         assert "found no AWS credentials" in caught.value.message
     finally:
         edge.stop()
+
+
+# --------------------------------------------------------------------------- responses door
+
+
+def test_responses_door_text_stream_and_a_tool_round_trip(client: openai.OpenAI) -> None:
+    """/v1/responses reaches this kind through the hub: text, a stream, and a function
+    call answered in the next turn by previous_response_id."""
+    answer = client.responses.create(model=MODEL, input="hello there")
+    assert answer.output_text == "Bedrock reply to: hello there"
+    with client.responses.stream(model=MODEL, input="stream me") as stream:
+        assert stream.get_final_response().output_text == "Bedrock reply to: stream me"
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    first = client.responses.create(model=MODEL, input="Paris", tools=tools)
+    call = next(item for item in first.output if item.type == "function_call")
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    second = client.responses.create(
+        model=MODEL, previous_response_id=first.id, tools=tools,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert second.output_text == 'Tool said: sunny'
