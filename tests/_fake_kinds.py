@@ -622,10 +622,11 @@ class BedrockFake(_Server):
                                        ":content-type": "application/json",
                                        ":message-type": "exception"},
                                       json.dumps({"message": f"fake {value}"}).encode())]
-        elif directive == "badcrc":
-            broken = bytearray(frames[3])
+        elif directive in ("badcrc", "badcrcfirst"):
+            at = 0 if directive == "badcrcfirst" else 3
+            broken = bytearray(frames[at])
             broken[-1] ^= 0xFF
-            frames[3] = bytes(broken)
+            frames[at] = bytes(broken)
         elif directive == "cut":
             frames = frames[:3]
         # Frames split at odd places across writes, as a network delivers them.

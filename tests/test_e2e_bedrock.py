@@ -281,6 +281,14 @@ def test_a_broken_stream_ends_with_an_error_event_after_its_text(edge, directive
     assert text == "Bedrock reply"  # the two deltas before the fault reached the client
 
 
+def test_a_bad_first_frame_is_a_502_before_anything_is_sent(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        list(client.chat.completions.create(
+            model=MODEL, stream=True, messages=[{"role": "user", "content": "!badcrcfirst x"}]))
+    assert caught.value.status_code == 502
+    assert "CRC mismatch" in caught.value.message
+
+
 def test_wrong_credentials_are_refused_by_the_signature_check(tmp_path: Path,
                                                               fake: BedrockFake) -> None:
     from _servers import EdgeProcess
