@@ -74,6 +74,7 @@ __all__ = [
     "STRATEGY_COST",
     "STRATEGY_FAILOVER",
     "STRATEGY_LATENCY",
+    "STRATEGY_LEAST_BUSY",
     "STRATEGY_MODEL",
     "Breaker",
     "DeploymentStats",
@@ -766,6 +767,7 @@ STRATEGY_MODEL = 0
 STRATEGY_FAILOVER = 1
 STRATEGY_COST = 2
 STRATEGY_LATENCY = 3
+STRATEGY_LEAST_BUSY = 4
 
 BREAKER_CLOSED = 0
 BREAKER_OPEN = 1
@@ -779,6 +781,7 @@ cdef enum:
     _FAILOVER = 1
     _COST = 2
     _LATENCY = 3
+    _LEAST_BUSY = 4
     _CLOSED = 0
     _OPEN = 1
     _HALF_OPEN = 2
@@ -908,11 +911,12 @@ cdef inline bint _valid_price(double price) noexcept:
 cdef class DeploymentStats:
     """DeploymentStats(input_per_mtok: float, output_per_mtok: float, alpha: float = 0.3)
 
-    One deployment's prices (USD per million tokens, NaN if unknown) and the exponentially
-    weighted average of its time to first byte.
+    One deployment's prices (USD per million tokens, NaN if unknown), the exponentially
+    weighted average of its time to first byte, and its attempts in flight (`begin` and
+    `end` bracket each; `end` never goes below zero).
 
     Read-only attributes: input_per_mtok, output_per_mtok, alpha, ewma (seconds to first
-    byte; NaN until the first sample), samples.
+    byte; NaN until the first sample), samples, inflight.
     """
 
     cdef readonly double input_per_mtok
@@ -920,6 +924,7 @@ cdef class DeploymentStats:
     cdef readonly double alpha
     cdef readonly double ewma
     cdef readonly long long samples
+    cdef readonly long long inflight
 
     def __cinit__(self, double input_per_mtok, double output_per_mtok, double alpha=0.3):
         if not _valid_price(input_per_mtok):
@@ -937,6 +942,22 @@ cdef class DeploymentStats:
         self.alpha = alpha
         self.ewma = NAN
         self.samples = 0
+        self.inflight = 0
+
+    def begin(self):
+        """begin() -> None
+
+        An attempt on this deployment started.
+        """
+        self.inflight += 1
+
+    def end(self):
+        """end() -> None
+
+        An attempt that `begin` counted ended (answered, failed, cancelled, stream over).
+        """
+        if self.inflight > 0:
+            self.inflight -= 1
 
     def observe(self, double ttfb_s):
         """observe(ttfb_s: float) -> None
@@ -997,7 +1018,7 @@ def rank(strategy, stats, breakers, double now, prompt_chars, max_tokens, double
     cdef long long how = _as_count(strategy)
     cdef long long chars = _as_count(prompt_chars)
     cdef long long tokens = _as_count(max_tokens)
-    if how < _MODEL or how > _LATENCY:
+    if how < _MODEL or how > _LEAST_BUSY:
         raise ValueError(f"unknown strategy {how}")
     stat_seq = PySequence_Fast(stats, "stats must be a sequence")
     breaker_seq = PySequence_Fast(breakers, "breakers must be a sequence")
@@ -1045,6 +1066,9 @@ def rank(strategy, stats, breakers, double now, prompt_chars, max_tokens, double
                 if stat.samples != 0:
                     slot.group = 1
                     slot.value = stat.ewma
+            elif how == _LEAST_BUSY:
+                stat = <DeploymentStats>stat_items[i]
+                slot.value = <double>stat.inflight
             # Insertion in index order, shifting only strictly greater keys: stable.
             j = count - 1
             while j >= 0 and (slots[j].group > slot.group

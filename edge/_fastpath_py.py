@@ -39,6 +39,7 @@ __all__ = [
     "STRATEGY_COST",
     "STRATEGY_FAILOVER",
     "STRATEGY_LATENCY",
+    "STRATEGY_LEAST_BUSY",
     "STRATEGY_MODEL",
     "cache_key",
     "canonical",
@@ -320,6 +321,7 @@ STRATEGY_MODEL = 0
 STRATEGY_FAILOVER = 1
 STRATEGY_COST = 2
 STRATEGY_LATENCY = 3
+STRATEGY_LEAST_BUSY = 4
 
 BREAKER_CLOSED = 0
 BREAKER_OPEN = 1
@@ -329,7 +331,8 @@ BREAKER_HALF_OPEN = 2
 #: outcome, not a clock, decides when the provider is usable again, so ask for a short wait.
 PROBE_RETRY_S = 1.0
 
-_STRATEGIES = (STRATEGY_MODEL, STRATEGY_FAILOVER, STRATEGY_COST, STRATEGY_LATENCY)
+_STRATEGIES = (STRATEGY_MODEL, STRATEGY_FAILOVER, STRATEGY_COST, STRATEGY_LATENCY,
+               STRATEGY_LEAST_BUSY)
 
 
 class Breaker:
@@ -459,13 +462,18 @@ class Breaker:
 
 
 class DeploymentStats:
-    """What the router knows about one deployment: its prices and recent time to first byte.
+    """What the router knows about one deployment: its prices, recent time to first byte,
+    and the requests in flight on it now.
 
     The latency is an exponentially weighted moving average, so a deployment that slows
     down (or recovers) moves in the order within a few requests, not after a window.
+    `begin` and `end` bracket each attempt (a stream's until it ends); `end` never takes
+    the count below zero, so one unmatched call cannot make a deployment look idler
+    than idle for good.
     """
 
-    __slots__ = ("_input_per_mtok", "_output_per_mtok", "_alpha", "_ewma", "_samples")
+    __slots__ = ("_input_per_mtok", "_output_per_mtok", "_alpha", "_ewma", "_samples",
+                 "_inflight")
 
     def __init__(self, input_per_mtok: float, output_per_mtok: float, alpha: float = 0.3) -> None:
         input_per_mtok = float(input_per_mtok)
@@ -482,6 +490,21 @@ class DeploymentStats:
         self._alpha = alpha
         self._ewma = math.nan
         self._samples = 0
+        self._inflight = 0
+
+    def begin(self) -> None:
+        """An attempt on this deployment started."""
+        self._inflight += 1
+
+    def end(self) -> None:
+        """An attempt that `begin` counted ended (answered, failed, cancelled, stream over)."""
+        if self._inflight > 0:
+            self._inflight -= 1
+
+    @property
+    def inflight(self) -> int:
+        """Attempts on this deployment now."""
+        return self._inflight
 
     def observe(self, ttfb_s: float) -> None:
         """Fold one time-to-first-byte sample (seconds) into the average."""
@@ -550,6 +573,7 @@ def rank(
       COST      the estimate; group 1 (last) when a price is unknown.
       LATENCY   group 0 (first) for a deployment never measured, so each gets measured;
                 then the EWMA of time to first byte.
+      LEAST_BUSY  the attempts in flight on the deployment now.
     Reading only: no breaker changes (see Breaker.acquire).
     """
     strategy = operator.index(strategy)
@@ -576,6 +600,8 @@ def rank(
         elif strategy == STRATEGY_LATENCY:
             if stat.samples:
                 group, value = 1, stat.ewma
+        elif strategy == STRATEGY_LEAST_BUSY:
+            value = float(stat.inflight)
         keyed.append((group, value, index))
     keyed.sort()
     return [index for _, _, index in keyed]

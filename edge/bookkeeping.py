@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .cache import Entry
     from .completion import Call
     from .errors import EdgeError
+    from .keypool import Key
 
 BYTES_PER_TOKEN = 4
 BOOKKEEPING_S = 5.0
@@ -72,9 +73,11 @@ class Books:
             call.req.usage = "upstream"
         return cost
 
-    async def charge(self, call: Call, usage: tuple[int, int], cost: float) -> None:
+    async def charge(self, call: Call, usage: tuple[int, int], cost: float,
+                     dep: Deployment | None = None, upstream_key: Key | None = None) -> None:
         """Tokens count against the client key's tpm, and the cost against its budget, once
-        the answer is known (or cut)."""
+        the answer is known (or cut); the tokens also against the tpm of the provider's key
+        that was sent (`upstream_key`, of `dep`'s pool)."""
         edge = call.edge
         limiter = edge.limiter
         key = call.req.key
@@ -82,6 +85,9 @@ class Books:
         if limiter.limited(tenant):
             with shielded():
                 await limiter.charge(tenant, usage[0] + usage[1])
+        if upstream_key is not None and upstream_key.tpm is not None and dep is not None:
+            with shielded():
+                await dep.provider.keys.charge(upstream_key, usage[0] + usage[1])
         if key.budget_nano is not None:
             with shielded():
                 await edge.charge_spend(key, cost)
@@ -100,7 +106,8 @@ class Books:
             prompt_tokens=prompt, completion_tokens=completion, cost_usd=call.cost,
             saved_usd=call.saved, latency_ms=round(req.elapsed_ms(), 3)))
 
-    async def settle_stream(self, call: Call, dep: Deployment, assembler: Any) -> float:
+    async def settle_stream(self, call: Call, dep: Deployment, assembler: Any,
+                            key: Key | None = None) -> float:
         """Tokens and cost of a stream however it ended (whole, failed, cut by the client):
         the upstream's counts where it sent them, else an estimate of what was relayed
         (`estimated_tokens`), counted as such. Returns the cost."""
@@ -118,7 +125,7 @@ class Books:
         if completion is None:
             completion = estimated_tokens(assembler.text_bytes)
         cost = self.answered(call, dep, (prompt, completion), estimated)
-        await self.charge(call, (prompt, completion), cost)
+        await self.charge(call, (prompt, completion), cost, dep, key)
         return cost
 
 

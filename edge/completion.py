@@ -216,8 +216,9 @@ class Completions:
             return answer
 
         plan = call.edge.router.plan(call.model, body)
-        answer, dep = await Attempts(plan, attempt, call.edge.config.routing,
-                                     self.metrics, tracing=self.tracing).run()
+        attempts = Attempts(plan, attempt, call.edge.config.routing, self.metrics,
+                            tracing=self.tracing)
+        answer, dep = await attempts.run()
         answer.pop("metadata", None)  # an upstream's own field would collide with ours
         if dialect.stateful:
             answer = await dialect.keep(answer)
@@ -233,7 +234,7 @@ class Completions:
                 entry.body, provider=dep.provider.name, tier=None, latency_ms=latency, cost=cost),
                 edge_headers(call.policy.header, dep.provider.name, latency, cost_header(cost)))
         finally:
-            await books.charge(call, usage, cost)  # the answer was paid for, sent or not
+            await books.charge(call, usage, cost, dep, attempts.key)  # paid for, sent or not
         return entry
 
     async def _relay_stream(self, call: Call) -> Entry | None:
@@ -310,7 +311,7 @@ class Completions:
                         "more_body": False})
         finally:
             attempts.settle(dep, failure)
-            cost = await self.books.settle_stream(call, dep, assembler)
+            cost = await self.books.settle_stream(call, dep, assembler, attempts.key)
         self.books.ended(req.endpoint, req.status, failure)
         if failure is not None or not assembler.finished:
             return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import ipaddress
 import json
 import math
@@ -55,9 +56,9 @@ __all__ = [
 ]
 
 LOG_LEVELS: Final = tuple(LEVELS)  # the logger's map is the one list
-STRATEGIES: Final = ("model", "cost", "latency", "failover")
+STRATEGIES: Final = ("model", "cost", "latency", "failover", "least_busy")
 CACHE_SCOPES: Final = ("key", "global")
-PROVIDER_KINDS: Final = ("openai", "anthropic")
+PROVIDER_KINDS: Final = ("openai", "anthropic", "gemini", "azure", "bedrock")
 #: Budget windows (SPEC §7): UTC hour, UTC day, week from Monday, calendar month, forever.
 BUDGET_PERIODS: Final = ("1h", "1d", "7d", "month", "total")
 
@@ -69,6 +70,9 @@ NO_PROVIDERS_MESSAGE: Final = (
 _DEFAULT_BASE_URLS: Final = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "azure": "",  # required: every Azure resource has its own host
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
 }
 _BUILTIN_MODELS: Final = {
     "openai": (
@@ -82,6 +86,7 @@ _BUILTIN_MODELS: Final = {
         "text-embedding-*",
     ),
     "anthropic": ("claude-*",),
+    "gemini": ("gemini-*",),
 }
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
@@ -95,6 +100,10 @@ _CLI_FILE: Final = "command line"
 _RESERVED_KEY_NAME: Final = "anonymous"
 # Query parameters whose values are masked when a URL is shown (e.g. Azure's ?api-key=).
 _SECRET_QUERY_RE: Final = re.compile(r"pass|secret|token|key|auth|sig", re.IGNORECASE)
+_REGION_RE: Final = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+_API_VERSION_RE: Final = re.compile(r"v1|[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?")
+# Azure deployment names: letters, digits, "-", "_" and "."; they go into the URL path.
+_DEPLOYMENT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ConfigError(Exception):
@@ -191,17 +200,33 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderKey:
+    """One key of a provider's pool (SPEC §9 "Key pools"): its resolved secret, its share
+    of the requests, and its own per-minute limits (None: none)."""
+
+    secret: str = field(repr=False)
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
-    """One upstream. `api_key` is the resolved secret and is kept out of repr."""
+    """One upstream. `api_key` is the resolved secret and is kept out of repr; `api_keys`
+    is a pool of them instead (at most one of the two is set)."""
 
     name: str
     kind: str
     base_url: str
     api_key: str | None = field(repr=False)
     models: tuple[str, ...]
+    api_keys: tuple[ProviderKey, ...] = field(default=(), repr=False)
     timeout_s: float = 120.0  # a whole JSON answer, headers and body
     max_connections: int = 256
     anthropic_version: str = "2023-06-01"
+    region: str | None = None  # bedrock: the AWS region, for the host and SigV4
+    api_version: str = "2024-10-21"  # azure: a dated api-version, or "v1"
+    deployments: tuple[tuple[str, str], ...] = ()  # azure: (model, deployment) pairs
     first_byte_timeout_s: float | None = None  # an answer's headers; None: timeout_s
     stream_idle_timeout_s: float = 60.0  # silence between two events of a stream
     # kind openai only: the upstream serves /responses, so the Responses door passes
@@ -210,6 +235,13 @@ class ProviderConfig:
 
     def __repr__(self) -> str:
         return _masked_repr(self, "base_url")
+
+    @property
+    def keys(self) -> tuple[ProviderKey, ...]:
+        """The keys requests spread over: the pool, or the single `api_key`, or none."""
+        if self.api_keys:
+            return self.api_keys
+        return (ProviderKey(self.api_key),) if self.api_key else ()
 
     @property
     def first_byte_s(self) -> float:
@@ -764,6 +796,14 @@ def _parse_provider(
     if "base_url" in table:
         base_url = _check_base_url(table["base_url"], f"{at}.base_url")
     api_key: str | None = None
+    api_keys: tuple[ProviderKey, ...] = ()
+    if "api_key" in table and "api_keys" in table:
+        raise _fail(at, "api_key and api_keys are both set; give one key or a pool, not both")
+    if "api_keys" in table:
+        if kind == "bedrock":
+            raise _fail(f"{at}.api_keys", 'not valid with kind = "bedrock", whose credentials '
+                        "come from the AWS credential chain")
+        api_keys = _parse_api_keys(table["api_keys"], file, path, env, warnings)
     if "api_key" in table:
         where = f"{at}.api_key"
         ref = _check_str(table["api_key"], where, empty_ok=True)
@@ -776,19 +816,111 @@ def _parse_provider(
     for key in ("timeout_s", "first_byte_timeout_s", "stream_idle_timeout_s"):
         _field(table, key, lambda v, w: _check_float(v, w, positive=True), file, path, extra)
     _field(table, "max_connections", lambda v, w: _check_int(v, w, lo=1), file, path, extra)
-    if "anthropic_version" in table:
-        where = f"{at}.anthropic_version"
-        if kind != "anthropic":
-            raise _fail(where, 'only valid with kind = "anthropic"')
-        extra["anthropic_version"] = _check_str(table["anthropic_version"], where)
-    if "responses_api" in table:
-        where = f"{at}.responses_api"
-        if kind != "openai":
-            raise _fail(where, 'only valid with kind = "openai"')
-        extra["responses_api"] = _check_bool(table["responses_api"], where)
+    for key, (owner, check) in _KIND_KEYS.items():
+        if key in table:
+            where = f"{at}.{key}"
+            if kind != owner:
+                raise _fail(where, f'only valid with kind = "{owner}"')
+            extra[key] = check(table[key], where)
+    _check_kind_needs(kind, table, at, extra, api_key)
+    if kind == "bedrock" and "base_url" not in table:
+        base_url = base_url.format(region=extra["region"])
     return ProviderConfig(
-        name=name, kind=kind, base_url=base_url, api_key=api_key, models=models, **extra
+        name=name, kind=kind, base_url=base_url, api_key=api_key, models=models,
+        api_keys=api_keys, **extra
     )
+
+
+def _check_region(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _REGION_RE.fullmatch(value):
+        raise _fail(where, f"expected an AWS region such as \"us-east-1\", got {_describe(value)}")
+    return value
+
+
+def _check_api_version(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _API_VERSION_RE.fullmatch(value):
+        raise _fail(where, 'expected "v1" or a dated api-version such as "2024-10-21", '
+                    f"got {_describe(value)}")
+    return value
+
+
+def _check_deployments(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _fail(where, f'expected a table such as {{ "gpt-4o" = "prod-gpt4o" }}, '
+                    f"got {_describe(value)}")
+    pairs = []
+    for model, deployment in value.items():
+        if not isinstance(deployment, str) or not _DEPLOYMENT_RE.fullmatch(deployment):
+            raise _fail(f"{where}.{_quoted(model)}", "expected a deployment name (letters, "
+                        f"digits, '-', '_', '.'), got {_describe(deployment)}")
+        pairs.append((model, deployment))
+    return tuple(pairs)
+
+
+# Keys only one kind takes: the kind, and the check of the value.
+_KIND_KEYS: Final[dict[str, tuple[str, Callable[[Any, str], Any]]]] = {
+    "anthropic_version": ("anthropic", _check_str),
+    "region": ("bedrock", _check_region),
+    "api_version": ("azure", _check_api_version),
+    "deployments": ("azure", _check_deployments),
+    "responses_api": ("openai", _check_bool),
+}
+
+
+def _check_kind_needs(kind: str, table: dict[str, Any], at: str, extra: dict[str, Any],
+                      api_key: str | None) -> None:
+    """What a kind cannot work without: Azure's own host; Bedrock's region and botocore."""
+    if kind == "azure" and "base_url" not in table:
+        raise _fail(f"{at}.base_url", 'missing (required with kind = "azure": '
+                    '"https://RESOURCE.openai.azure.com")')
+    if kind != "bedrock":
+        return
+    if "region" not in extra:
+        raise _fail(f"{at}.region", 'missing (required with kind = "bedrock", e.g. "us-east-1")')
+    if api_key is not None:
+        raise _fail(f"{at}.api_key", "not used with kind = \"bedrock\": requests are signed "
+                    "with credentials from the AWS chain (environment, AWS_PROFILE, roles)")
+    if importlib.util.find_spec("botocore") is None:
+        raise _fail(f"{at}.kind", 'kind = "bedrock" needs botocore, which is not installed: '
+                    "pip install 'edge[bedrock]'")
+
+
+_API_KEY_KEYS: Final = ("key", "weight", "rpm", "tpm")
+
+
+def _parse_api_keys(raw: Any, file: str, path: str, env: Mapping[str, str],
+                    warnings: list[str]) -> tuple[ProviderKey, ...]:
+    """`api_keys = ["env:K1", { key = "env:K2", weight = 2, rpm = 500, tpm = 100000 }]`."""
+    at = f"{file}: {path}.api_keys"
+    if not isinstance(raw, list):
+        raise _fail(at, f"expected an array of keys, got {_describe(raw)}")
+    if not raw:
+        raise _fail(at, "empty; leave api_keys out for a provider that needs no key")
+    keys: list[ProviderKey] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(raw):
+        item = f"{path}.api_keys[{i}]"
+        options: dict[str, Any] = {}
+        if isinstance(entry, dict):
+            table = _table(entry, file, item, _API_KEY_KEYS)
+            if "key" not in table:
+                raise _fail(f"{file}: {item}.key", "missing (every entry of api_keys has a key)")
+            ref_where, ref_value = f"{file}: {item}.key", table["key"]
+            _field(table, "weight", lambda v, w: _check_float(v, w, positive=True), file, item,
+                   options)
+            for limit in ("rpm", "tpm"):
+                _field(table, limit, lambda v, w: _check_int(v, w, lo=1), file, item, options)
+        else:
+            ref_where, ref_value = f"{file}: {item}", entry
+        ref = _check_str(ref_value, ref_where)
+        secret = resolve_secret(ref, env, ref_where)
+        if not ref.startswith("env:"):
+            warnings.append(f"{item}: literal secret in config file; prefer env:NAME")
+        if secret in seen:
+            raise _fail(ref_where, f"the same key as {seen[secret]}")
+        seen[secret] = item
+        keys.append(ProviderKey(secret, **options))
+    return tuple(keys)
 
 
 def _builtin_providers(
@@ -802,6 +934,7 @@ def _builtin_providers(
     for name, key_var, url_var in (
         ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
         ("anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+        ("gemini", "GEMINI_API_KEY", "GEMINI_BASE_URL"),
     ):
         url_text = env.get(url_var, "").strip()
         index = next((i for i, p in enumerate(providers) if p.name == name), None)
@@ -1211,9 +1344,26 @@ def _provider_extras(p: ProviderConfig) -> str:
         extras.append(f"{p.max_connections} connections")
     if p.kind == "anthropic" and p.anthropic_version != _PROVIDER_DEFAULTS.anthropic_version:
         extras.append(f"anthropic-version {p.anthropic_version}")
+    if p.kind == "bedrock":
+        extras.append(f"region {p.region}")
+    if p.kind == "azure":
+        extras.append(f"api-version {p.api_version}")
+        if p.deployments:
+            extras.append("deployments: " + _clip([f"{m} -> {d}" for m, d in p.deployments],
+                                                  _MAX_GLOBS))
     if p.responses_api:
         extras.append("responses API")
     return "  " + ", ".join(extras) if extras else ""
+
+
+def _describe_keys(p: ProviderConfig) -> str:
+    """A provider's key for the summary: set or none, the size of its pool, or (bedrock)
+    the AWS credential chain."""
+    if p.kind == "bedrock":
+        return "AWS credential chain"
+    if p.api_keys:
+        return f"pool of {len(p.api_keys)}"
+    return "set" if p.api_key else "none"
 
 
 def _describe_key(k: AuthKey) -> str:
@@ -1250,7 +1400,7 @@ def summary(config: Config) -> str:
         for p in config.providers[:_MAX_LIST_LINES]:
             lines.append(
                 f"  {p.name} ({p.kind}) {_mask_url(p.base_url)}  models: "
-                f"{_clip(p.models, _MAX_GLOBS)}  key: {'set' if p.api_key else 'none'}"
+                f"{_clip(p.models, _MAX_GLOBS)}  key: {_describe_keys(p)}"
                 + _provider_extras(p)
             )
         if len(config.providers) > _MAX_LIST_LINES:

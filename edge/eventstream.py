@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edge.errors import UpstreamError
@@ -78,8 +79,11 @@ class EventStreamDecoder:
         Raises:
             UpstreamError: a CRC does not match or a length is impossible.
         """
+        return list(self.messages(data))
+
+    def messages(self, data: bytes) -> Iterator[Message]:
+        """The same, one by one: those before a bad message are had before its error."""
         self._buffer += data
-        messages = []
         while len(self._buffer) >= _PRELUDE:
             total, headers_length, prelude_crc = struct.unpack_from(">III", self._buffer)
             if zlib.crc32(self._buffer[:8]) != prelude_crc:
@@ -94,8 +98,7 @@ class EventStreamDecoder:
             if zlib.crc32(frame[: total - _CRC]) != message_crc:
                 raise _bad("message CRC mismatch")
             headers = _headers(frame[_PRELUDE : _PRELUDE + headers_length])
-            messages.append(Message(headers, frame[_PRELUDE + headers_length : total - _CRC]))
-        return messages
+            yield Message(headers, frame[_PRELUDE + headers_length : total - _CRC])
 
     def close(self) -> None:
         """Call at the end of the bytes.

@@ -10,8 +10,14 @@ round to the first after a backoff that honours Retry-After (capped), up to
 attempt first asks the provider's breaker (`acquire`): a provider whose circuit opened
 meanwhile is skipped without counting, and a half-open one admits a single probe. The
 outcome feeds the breaker and the deployment's latency EWMA, which measures time to first
-byte: the provider reports the answer's headers through `HEADERS_ARRIVED`, a callback
-each attempt installs for its own task.
+byte: the provider reports the answer's headers through `ATTEMPT`, the watch each attempt
+installs for its own task, which also learns the key of the provider's pool that was sent.
+Each attempt is in flight on its deployment (`DeploymentStats.begin`/`end`, what
+`least_busy` ranks by) until it fails or its answer is in, a stream's until `settle`.
+
+A candidate whose every key rests or is at its own limit (`edge.keypool`) is skipped like
+one whose circuit is open, and so is one whose pool turns out exhausted at the attempt
+(`KeysResting`): no call, no verdict on the provider, no backoff.
 
 edge's own connection limit being reached (`PoolExhausted`) is no verdict on the provider:
 it is released like a cancellation and answered as 503 at once.
@@ -33,16 +39,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
 from .config import RoutingConfig
-from .errors import EdgeError, ServiceUnavailable, UpstreamError, UpstreamStatus
+from .errors import EdgeError, UpstreamError, UpstreamStatus
 from .fastpath import BREAKER_CLOSED
+from .keypool import Key, KeysResting
 from .metrics import Metrics
-from .providers.base import HEADERS_ARRIVED
-from .routing import Deployment
+from .providers.base import ATTEMPT, AttemptWatch
+from .routing import Deployment, unavailable
 from .tracing import Tracing
 
 _NO_TRACING = Tracing()
@@ -78,6 +85,7 @@ class Attempts(Generic[T]):
         self.last: UpstreamError | None = None
         self.started = 0  # turns used, a candidate skipped by its breaker included
         self.tried = 0  # upstream calls actually made
+        self.key: Key | None = None  # the key of the pool the winning attempt sent
 
     async def run(self) -> tuple[T, Deployment]:
         if self.routing.hedge_after_ms > 0 and len(self.plan) > 1:
@@ -86,7 +94,8 @@ class Attempts(Generic[T]):
 
     # -- one attempt, with the breaker and stats bookkeeping -------------------------
 
-    async def _try(self, dep: Deployment, on_headers: Callable[[], None] | None = None) -> T:
+    async def _try(self, dep: Deployment,
+                   on_headers: Callable[[], None] | None = None) -> tuple[T, Key | None]:
         with self.tracing.span("upstream.attempt", provider=dep.provider.name, model=dep.model,
                                attempt=self.started) as span:
             try:
@@ -101,41 +110,42 @@ class Attempts(Generic[T]):
             span.set("status", 200)
             return answer
 
-    async def _try_untraced(self, dep: Deployment, on_headers: Callable[[], None] | None) -> T:
+    async def _try_untraced(self, dep: Deployment,
+                            on_headers: Callable[[], None] | None) -> tuple[T, Key | None]:
+        """One attempt; it is in flight on `dep` (least_busy) from here until it fails, or
+        until its answer is in (a deferred one's: until `settle`)."""
         self.tried += 1
         began = time.monotonic()
-        headers_at = 0.0
-
-        def arrived() -> None:
-            nonlocal headers_at
-            if not headers_at:
-                headers_at = time.monotonic()
-                if on_headers is not None:
-                    on_headers()
-
-        token = HEADERS_ARRIVED.set(arrived)
+        watch = AttemptWatch(on_headers)
+        token = ATTEMPT.set(watch)
+        dep.stats.begin()
         try:
             answer = await self.attempt(dep)
         except UpstreamError as error:
+            dep.stats.end()
             self._failed(dep, error)
             raise
         except BaseException:
-            # cancelled, or edge's own pool was full: no verdict on the provider
+            # cancelled, edge's own pool was full, or every key rests: no verdict on the
+            # provider
+            dep.stats.end()
             dep.breaker.release(time.monotonic())
             raise
         finally:
-            HEADERS_ARRIVED.reset(token)
+            ATTEMPT.reset(token)
         now = time.monotonic()
-        dep.stats.observe((headers_at or now) - began)
+        dep.stats.observe((watch.headers_at or now) - began)
         if not self.deferred:
+            dep.stats.end()
             dep.breaker.success(now)
             self._circuit_gauge(dep, now)
-        return answer
+        return answer, watch.key
 
     def settle(self, dep: Deployment, error: UpstreamError | None) -> None:
         """The verdict on a deferred answer once it ended: a failure then counts like a
         failed attempt (breaker, provider_errors); otherwise, cut by the client included,
-        the provider answered."""
+        the provider answered. Either way the attempt is no longer in flight."""
+        dep.stats.end()
         if error is not None:
             self._failed(dep, error)
             return
@@ -166,7 +176,8 @@ class Attempts(Generic[T]):
         skipped = 0
         while self._turns_left() and skipped < len(self.plan):
             dep = self.plan[self.started % len(self.plan)]
-            if dep.breaker.acquire(time.monotonic()):
+            # keys first: a half-open breaker's probe is not taken for a call never made
+            if dep.provider.keys.usable() and dep.breaker.acquire(time.monotonic()):
                 return dep
             skipped += 1
             self.started += 1  # a blocked candidate uses up its turn
@@ -197,7 +208,10 @@ class Attempts(Generic[T]):
                 raise self._exhausted()
             self.started += 1
             try:
-                return await self._try(dep), dep
+                answer, self.key = await self._try(dep)
+                return answer, dep
+            except KeysResting:
+                continue  # skipped like an open circuit; `_next` now sees its pool resting
             except UpstreamError as error:
                 if not error.retryable:
                     raise
@@ -207,7 +221,7 @@ class Attempts(Generic[T]):
     async def _race(self) -> tuple[T, Deployment]:
         hedge_after = self.routing.hedge_after_ms / 1000.0
         send, receive = trio.open_memory_channel[
-            tuple[Deployment, int, Any, BaseException | None]](math.inf)
+            tuple[Deployment, int, tuple[T, Key | None] | None, BaseException | None]](math.inf)
         winner: tuple[T, Deployment] | None = None
         fatal: EdgeError | None = None
         running = 0
@@ -250,9 +264,14 @@ class Attempts(Generic[T]):
                 running -= 1
                 dep, turn, answer, error = outcome
                 heard.discard(turn)
-                if error is None:
-                    winner = (answer, dep)
+                if answer is not None:
+                    winner = (answer[0], dep)
+                    self.key = answer[1]
                     break
+                if isinstance(error, KeysResting):  # skipped like an open circuit
+                    if running == 0 and not launch():
+                        break
+                    continue
                 if not isinstance(error, UpstreamError) or not error.retryable:
                     fatal = error if isinstance(error, EdgeError) else UpstreamError(
                         f"provider {dep.provider.name} failed: {type(error).__name__}")
@@ -267,11 +286,11 @@ class Attempts(Generic[T]):
             nursery.cancel_scope.cancel()  # the winner (or the end) cancels the others
         # Answers that finished while we were deciding lost the race: release them.
         send.close()
-        async for dep, _, answer, error in receive:
-            if error is None and self.discard is not None:
+        async for dep, _, answer, _ in receive:
+            if answer is not None and self.discard is not None:
                 with trio.CancelScope(shield=True):
-                    await self.discard(answer)
-            if error is None and self.deferred:
+                    await self.discard(answer[0])
+            if answer is not None and self.deferred:
                 self.settle(dep, None)
         if winner is not None:
             return winner
@@ -282,11 +301,8 @@ class Attempts(Generic[T]):
     def _exhausted(self) -> EdgeError:
         """The error once attempts ran out: 429 stays 429 (Retry-After), 5xx become 502."""
         last = self.last
-        if last is None:  # every candidate's breaker refused: nothing was even tried
-            now = time.monotonic()
-            wait = min((d.breaker.retry_after(now) for d in self.plan), default=1.0)
-            return ServiceUnavailable("Every provider for this model is failing (circuit open).",
-                                      code="circuit_open", retry_after=max(wait, 1.0))
+        if last is None:  # every candidate's breaker or key pool refused: nothing was tried
+            return unavailable(self.plan, "this model")
         if isinstance(last, UpstreamStatus) and last.status >= 500:
             return UpstreamError(
                 f"upstream failed after {self.tried} attempt(s): {last.message}",

@@ -29,6 +29,7 @@ __all__ = [
     "STRATEGY_COST",
     "STRATEGY_FAILOVER",
     "STRATEGY_LATENCY",
+    "STRATEGY_LEAST_BUSY",
     "STRATEGY_MODEL",
     "Breaker",
     "DeploymentStats",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from edge._fastpath_py import STRATEGY_COST as STRATEGY_COST
     from edge._fastpath_py import STRATEGY_FAILOVER as STRATEGY_FAILOVER
     from edge._fastpath_py import STRATEGY_LATENCY as STRATEGY_LATENCY
+    from edge._fastpath_py import STRATEGY_LEAST_BUSY as STRATEGY_LEAST_BUSY
     from edge._fastpath_py import STRATEGY_MODEL as STRATEGY_MODEL
     from edge._fastpath_py import Breaker as Breaker
     from edge._fastpath_py import DeploymentStats as DeploymentStats

@@ -119,6 +119,9 @@ class Metrics:
                                  ["provider"], registry=r)
         self.hedges = Counter("llm_edge_hedges", "Hedged attempts started", ["provider"],
                               registry=r)
+        self.upstream_key_rests = Counter(
+            "llm_edge_upstream_key_rests", "API keys of a provider's pool sent to rest by a 429",
+            ["provider"], registry=r)
         # livemax: open if open in any live worker; a dead worker's last value must not stick.
         self.circuit_open = Gauge("llm_edge_circuit_open", "1 while a provider's circuit is open",
                                   ["provider"], registry=r, multiprocess_mode="livemax")
@@ -163,6 +166,7 @@ class Metrics:
             self.child(self.circuit_open, provider).set(0)
             self.child(self.failovers, provider)
             self.child(self.hedges, provider)
+            self.child(self.upstream_key_rests, provider)
 
     def model_label(self, model: str) -> str:
         """`model`, or "other" once MAX_MODEL_LABELS names are taken or when it is too long."""

@@ -41,10 +41,13 @@ class Ops:
         providers = {}
         usable = False
         if edge is not None:
-            for name in edge.providers:
+            for name, provider in edge.providers.items():
                 healthy = edge.router.healthy(name)
                 usable = usable or healthy
-                providers[name] = {"configured": True, "healthy": healthy}
+                keys = provider.keys
+                providers[name] = {"configured": True, "healthy": healthy,
+                                   "keys": {"total": len(keys.keys),
+                                            "available": keys.available()}}
         status = "healthy" if usable and edge is not None and not edge.draining else (
             "draining" if edge is not None and edge.draining else "unhealthy")
         body = {

@@ -48,16 +48,26 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from redis.commands.core import Script
 
-from .config import AuthKey
 from .errors import RateLimited
 from .l2 import L2Unavailable, RedisClient, RedisTier
 from .logs import log
 
-__all__ = ["WINDOW_S", "RateLimiter", "SlidingWindow"]
+__all__ = ["WINDOW_S", "Limits", "RateLimiter", "SlidingWindow"]
+
+
+class Limits(Protocol):
+    """What the limiter reads of a key: a client key (`AuthKey`) or a provider's key."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rpm(self) -> int | None: ...
+    @property
+    def tpm(self) -> int | None: ...
 
 #: Length of the rolling window, seconds. Buckets are one second wide.
 WINDOW_S = 60
@@ -259,7 +269,8 @@ class RateLimiter:
     """Per-key rpm/tpm limits, in Redis when a tier is given, else in this process.
 
     Args:
-        keys: the configured client keys; only those with `rpm` or `tpm` are limited.
+        keys: the configured client keys (or a provider's pool, `edge.keypool`); only those
+            with `rpm` or `tpm` are limited.
         tier: the Redis tier shared by all replicas (the cache's L2), or None.
         key_prefix: prefix of the Redis hash of each key's window.
         clock: seconds for the in-process windows when `now` is not passed.
@@ -267,7 +278,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        keys: Sequence[AuthKey],
+        keys: Sequence[Limits],
         tier: RedisTier | None,
         key_prefix: str = "edge:v1:rl:",
         clock: Callable[[], float] = time.monotonic,

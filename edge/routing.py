@@ -4,13 +4,15 @@ Candidates for a name: the deployments of a model group, else a `provider/model`
 else every provider whose `models` globs match (name unchanged); then the candidates of
 each name in `fallbacks`, in order. Resolution is pure config logic, memoised per name;
 ordering is per request, by the strategy, through `fastpath.rank` (compiled), which also
-skips deployments whose circuit breaker is open.
+skips deployments whose circuit breaker is open; a deployment whose provider has every
+API key resting or at its limit (`edge.keypool`) is skipped the same way.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -21,6 +23,7 @@ from .fastpath import (
     STRATEGY_COST,
     STRATEGY_FAILOVER,
     STRATEGY_LATENCY,
+    STRATEGY_LEAST_BUSY,
     STRATEGY_MODEL,
     Breaker,
     DeploymentStats,
@@ -33,7 +36,7 @@ from .schema import prompt_chars as prompt_size
 
 _MEMO_LIMIT = 4096  # model names come from clients: bound the memo
 _STRATEGIES = {"model": STRATEGY_MODEL, "failover": STRATEGY_FAILOVER, "cost": STRATEGY_COST,
-               "latency": STRATEGY_LATENCY}
+               "latency": STRATEGY_LATENCY, "least_busy": STRATEGY_LEAST_BUSY}
 _NAN = math.nan
 
 
@@ -124,7 +127,7 @@ class Router:
         """The deployments to try for this request, in order.
 
         Raises NotFound when no provider serves `name`, and ServiceUnavailable (with
-        Retry-After) when every candidate's circuit is open.
+        Retry-After) when every candidate's circuit is open or key pool exhausted.
         """
         groups = self.groups(name)
         if not groups:
@@ -139,22 +142,22 @@ class Router:
         ordered: list[Deployment] = []
         for group in groups:
             if len(group) == 1 and self.strategy != STRATEGY_FAILOVER:
-                if not group[0].breaker.blocked(now):
-                    ordered.append(group[0])
+                only = group[0]
+                if not only.breaker.blocked(now) and only.provider.keys.usable():
+                    ordered.append(only)
                 continue
             order = rank(self.strategy, [d.stats for d in group], [d.breaker for d in group],
                          now, prompt_chars, max_tokens, self.cooldown_s)
-            ordered.extend(group[i] for i in order)
+            ordered.extend(group[i] for i in order if group[i].provider.keys.usable())
         if not ordered:
-            breakers = [d.breaker for g in groups for d in g]
-            raise ServiceUnavailable(
-                f"Every provider for '{clip(name)}' is failing (circuit open); retry later.",
-                code="circuit_open", retry_after=retry_after_all(breakers, now))
+            raise unavailable([d for g in groups for d in g], f"'{clip(name)}'")
         return ordered
 
     def healthy(self, provider: str) -> bool:
-        """False while the provider's circuit is open (it is skipped by every strategy)."""
-        return not self.breakers[provider].blocked(time.monotonic())
+        """False while the provider's circuit is open or every key of it rests (it is
+        skipped by every strategy)."""
+        return (not self.breakers[provider].blocked(time.monotonic())
+                and self._providers[provider].keys.usable())
 
     def model_list(self) -> list[tuple[str, str]]:
         """(model id, owner) pairs for GET /v1/models, in a stable order without repeats."""
@@ -172,3 +175,20 @@ class Router:
                 if any(fnmatchcase(priced, pattern) for pattern in provider.config.models):
                     out.setdefault(priced, provider.name)
         return list(out.items())
+
+
+def unavailable(deployments: Sequence[Deployment], what: str) -> ServiceUnavailable:
+    """The 503 when none of `deployments` may be tried now: each waits for its circuit to
+    half-open and for a key of its pool to be free; Retry-After is the soonest of those."""
+    now = time.monotonic()
+    waits = [max(retry_after_all([d.breaker], now), d.provider.keys.retry_after())
+             for d in deployments]
+    wait = min(waits, default=1.0)
+    if all(d.breaker.blocked(now) for d in deployments):
+        return ServiceUnavailable(
+            f"Every provider for {what} is failing (circuit open); retry later.",
+            code="circuit_open", retry_after=max(wait, 1.0))
+    return ServiceUnavailable(
+        f"Every provider for {what} is failing or has every API key resting after a 429 "
+        "or at its own limit; retry later.", code="upstream_keys_resting",
+        retry_after=max(wait, 1.0))

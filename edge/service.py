@@ -116,6 +116,10 @@ class Edge:
         # Counters live in Redis when L2 is on, so limits hold across workers and replicas.
         self.limiter = RateLimiter(config.auth.keys, self.cache.l2,
                                    key_prefix=config.cache.key_prefix + "rl:")
+        for provider in self.providers.values():  # its keys' own limits and 429 rests
+            provider.keys.share(self.cache.l2, config.cache.key_prefix + "pk:")
+            provider.keys.on_rest = self.metrics.child(
+                self.metrics.upstream_key_rests, provider.name).inc
         # Admin-made keys, the usage ledger and stored responses (SPEC §7). Postgres is
         # first reached by the probe in `store.run`, so a database that is down does not
         # stop start-up; a SQLite file that cannot be opened does (StoreUnavailable).
@@ -137,7 +141,7 @@ class Edge:
         self._budgeted: list[KeyPolicy] = []
         self.ready = False
         self.draining = False
-        log.add_secrets(p.api_key for p in config.providers)
+        log.add_secrets(k.secret for p in config.providers for k in p.keys)
         log.add_secrets(k.secret for k in config.auth.keys)
 
     def record_usage(self, row: UsageRow) -> None:

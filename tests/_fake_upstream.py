@@ -13,7 +13,7 @@ import collections
 import json
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,6 +25,7 @@ class Reply:
     body: bytes | Iterable[bytes]
     status: int = 200
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
@@ -60,6 +61,11 @@ class FakeUpstream:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
+    def answer(self, path: str, headers: dict[str, str], raw: bytes) -> Reply:
+        """The reply to one POST; a subclass that needs the headers or the raw body
+        (signatures, key checks) answers here instead of through `reply`."""
+        return self.reply(path, json.loads(raw))
+
     def count(self, path: str) -> int:
         with self._lock:
             return self.calls[path]
@@ -74,21 +80,26 @@ class FakeUpstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # each write goes out at once, as servers do
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 return
 
             def do_POST(self) -> None:  # noqa: N802 - stdlib's name
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with fake._lock:
                     fake.calls[self.path] += 1
-                reply = fake.reply(self.path, body)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                reply = fake.answer(self.path, headers, raw)
                 self.send_response(reply.status)
                 self.send_header("content-type", reply.content_type)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 if isinstance(reply.body, bytes):
                     self.send_header("content-length", str(len(reply.body)))
-                    self.end_headers()
-                    self.wfile.write(reply.body)
+                    # head and body in one write, as real servers send a small answer
+                    self._headers_buffer.extend([b"\r\n", reply.body])  # type: ignore[attr-defined]
+                    self.flush_headers()
                     return
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()

@@ -450,13 +450,14 @@ def test_float_fields_accept_ints(tmp_path: Path) -> None:
     [
         (
             MINIMAL_PROVIDER
-            + MINIMAL_PROVIDER.replace('"up"', '"two"').replace('"openai"', '"azure"'),
-            'edge.toml: providers[1].kind: expected one of openai, anthropic, got "azure"',
+            + MINIMAL_PROVIDER.replace('"up"', '"two"').replace('"openai"', '"cohere"'),
+            'edge.toml: providers[1].kind: expected one of openai, anthropic, gemini, azure, '
+            'bedrock, got "cohere"',
         ),
         (
             '[routing]\nstrategy = "latancy"\n',
             "edge.toml: routing.strategy: expected one of model, cost, latency, failover, "
-            'got "latancy" (did you mean "latency"?)',
+            'least_busy, got "latancy" (did you mean "latency"?)',
         ),
         ('[cache]\nscope = "user"\n', "edge.toml: cache.scope: expected one of key, global"),
         ('[server]\nlog_level = "trace"\n', "edge.toml: server.log_level: expected one of debug"),

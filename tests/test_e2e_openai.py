@@ -322,7 +322,8 @@ def test_health_endpoints(stack) -> None:
     assert body["status"] == "healthy"
     assert body["version"]
     assert body["cache"] == {"l1_healthy": True, "l2_healthy": False, "l2_configured": False}
-    assert body["providers"] == {"mock": {"configured": True, "healthy": True}}
+    assert body["providers"] == {"mock": {"configured": True, "healthy": True,
+                                          "keys": {"total": 1, "available": 1}}}
     assert httpx.get(f"{edge.url}/health/live").status_code == 200
     assert httpx.get(f"{edge.url}/health/ready").status_code == 200
 

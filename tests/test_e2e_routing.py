@@ -151,7 +151,8 @@ def test_open_breaker_is_skipped_and_reported(tmp_path, mocks) -> None:
             assert chat(edge).headers["x-edge-provider"] == "good"
         assert calls(bad) == 2  # the open circuit is not tried any more
         health = httpx.get(f"{edge.url}/health").json()
-        assert health["providers"]["bad"] == {"configured": True, "healthy": False}
+        assert health["providers"]["bad"] == {"configured": True, "healthy": False,
+                                              "keys": {"total": 1, "available": 1}}
         assert health["providers"]["good"]["healthy"] is True
         assert metric(edge, 'llm_edge_circuit_open{provider="bad"}') == 1
         assert metric(edge, 'llm_edge_circuit_open{provider="good"}') == 0

@@ -395,7 +395,7 @@ def test_rank_bad_arguments(impl: types.ModuleType) -> None:
     stats = measured(impl, 0.1)
     breakers = [impl.Breaker(1, 1.0)]
     with pytest.raises(ValueError, match="strategy"):
-        impl.rank(4, stats, breakers, 0.0, 0, 0, 1.0)
+        impl.rank(5, stats, breakers, 0.0, 0, 0, 1.0)
     with pytest.raises(ValueError, match="strategy"):
         impl.rank(-1, stats, breakers, 0.0, 0, 0, 1.0)
     with pytest.raises(TypeError):

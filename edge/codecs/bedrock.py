@@ -220,6 +220,7 @@ class StreamDecoder:
         self.done = False
         self._started = False
         self._calls: dict[int, int] = {}  # contentBlockIndex -> hub call index
+        self._silent: set[int] = set()  # hub calls whose arguments have not come yet
         self._stop: object = None
         self._usage = hub.Usage()
 
@@ -243,6 +244,7 @@ class StreamDecoder:
             use = start.get("toolUse") if isinstance(start, Mapping) else None
             if isinstance(use, Mapping):
                 index = self._calls[self._block(data)] = len(self._calls)
+                self._silent.add(index)
                 call_id, call_name = use.get("toolUseId"), use.get("name")
                 events.append(
                     hub.ToolCallStart(
@@ -262,9 +264,18 @@ class StreamDecoder:
                 if known is None:
                     raise upstream("a toolUse delta before its contentBlockStart")
                 arguments = use.get("input")
+                if isinstance(arguments, str) and arguments:
+                    self._silent.discard(known)
                 events.append(
                     hub.ToolCallDelta(known, arguments if isinstance(arguments, str) else "")
                 )
+        elif name == "contentBlockStop":
+            # A call of a tool without parameters streams no input at all; its arguments
+            # are the empty object, not the empty string no client can parse.
+            known = self._calls.get(self._block(data))
+            if known is not None and known in self._silent:
+                self._silent.discard(known)
+                events.append(hub.ToolCallDelta(known, "{}"))
         elif name == "messageStop":
             self._stop = data.get("stopReason")
         elif name == "metadata":

@@ -8,10 +8,19 @@ import httpx
 
 from ..config import ProviderConfig
 from .anthropic import AnthropicProvider
+from .azure import AzureProvider
 from .base import ChunkStream, Provider
+from .bedrock import BedrockProvider
+from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 
-KINDS: dict[str, type[Provider]] = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}
+KINDS: dict[str, type[Provider]] = {
+    "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
+    "azure": AzureProvider,
+    "bedrock": BedrockProvider,
+}
 
 __all__ = ["KINDS", "ChunkStream", "Provider", "make_provider"]
 

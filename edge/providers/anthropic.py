@@ -33,6 +33,7 @@ class AnthropicProvider(Provider):
 
     kind = "anthropic"
     codec = messages
+    key_header = ("x-api-key", "{}")
 
     def __init__(
         self,
@@ -47,8 +48,6 @@ class AnthropicProvider(Provider):
             ("accept", "application/json"),
             ("anthropic-version", config.anthropic_version),
         ]
-        if config.api_key:
-            headers.append(("x-api-key", config.api_key))
         self._headers = headers
         self._stream_headers = [headers[0], ("accept", "text/event-stream"), *headers[2:]]
 

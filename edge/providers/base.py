@@ -21,8 +21,10 @@ provider key the upstream echoes (even JSON-escaped) never reaches a client in a
 
 from __future__ import annotations
 
+import os
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -38,6 +40,7 @@ from ..errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
+from ..keypool import Key, KeyPool
 from ..sse import SSEError, SSEParser
 
 MAX_ERROR_BODY = 64 * 1024
@@ -47,10 +50,66 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # An upstream error event raises `UpstreamError` (the codec's `error_in` reads it).
 Decoder = Callable[[str | None, bytes], tuple[list[Any], bool]]
 
-# Set by the attempt running in this task (`failover.Attempts`), called when the answer's
-# headers arrive: the hedge timer and the latency average stop there, not at the body's end.
-HEADERS_ARRIVED: ContextVar[Callable[[], None] | None] = ContextVar(
-    "edge_headers_arrived", default=None)
+
+
+class AttemptWatch:
+    """What `Provider.send` tells the attempt running in its task (`failover.Attempts`):
+    when the answer's headers arrived (the hedge timer and the latency average stop there,
+    not at the body's end) and which key of the pool it sent (its tokens count against
+    that key's tpm)."""
+
+    __slots__ = ("headers_at", "key", "on_headers")
+
+    def __init__(self, on_headers: Callable[[], None] | None = None) -> None:
+        self.headers_at = 0.0
+        self.key: Key | None = None
+        self.on_headers = on_headers
+
+    def arrived(self) -> None:
+        if not self.headers_at:
+            self.headers_at = time.monotonic()
+            if self.on_headers is not None:
+                self.on_headers()
+
+
+# Set by the attempt running in this task, read by `Provider.send`.
+ATTEMPT: ContextVar[AttemptWatch | None] = ContextVar("edge_attempt", default=None)
+
+
+class Redactor:
+    """Takes a pool's secrets out of text and bytes; one substring search when clean.
+
+    With several secrets the clean case first looks for their longest common prefix
+    (``sk-proj-`` and the like) when it is long enough to be rare, so it stays one search.
+    """
+
+    __slots__ = ("_byte_pairs", "_byte_prefix", "_prefix", "secrets")
+
+    MIN_PREFIX = 4
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        # Longest first: a key that contains another is replaced whole.
+        self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._byte_pairs = tuple((s.encode(), b"[redacted]") for s in self.secrets)
+        prefix = os.path.commonprefix(list(self.secrets)) if len(self.secrets) > 1 else ""
+        self._prefix = prefix if len(prefix) >= self.MIN_PREFIX else ""
+        self._byte_prefix = self._prefix.encode()
+
+    def text(self, text: str) -> str:
+        if self._prefix and self._prefix not in text:
+            return text
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def data(self, data: bytes) -> bytes:
+        if self._byte_prefix and self._byte_prefix not in data:
+            return data
+        for secret, mark in self._byte_pairs:
+            if secret in data:
+                data = data.replace(secret, mark)
+        return data
 
 
 class Provider(ABC):
@@ -63,6 +122,10 @@ class Provider(ABC):
     codec: Any = None
     # Adds trace-context headers (traceparent) to each upstream request when tracing is on.
     inject: Callable[[list[tuple[str, str]]], None] | None = None
+    # The header carrying the API key: its name and a format of the value ("{}" is the
+    # key). `send` puts it on every request, so adapters prebuild their headers without
+    # it. None for a kind that authenticates otherwise; it overrides `sign` instead.
+    key_header: tuple[str, str] | None = None
 
     def __init__(
         self,
@@ -74,8 +137,8 @@ class Provider(ABC):
         self.name = config.name
         self.transport = transport
         self.retry_on = retry_on
-        self._secret = config.api_key or ""
-        self._secret_bytes = self._secret.encode()
+        self.keys = KeyPool(config.keys, self.key_header, rests=bool(config.api_keys))
+        self._redactor = Redactor(self.keys.secrets)
         t = config.timeout_s
         first_byte = config.first_byte_s
         self.answer_timeout = t
@@ -113,18 +176,16 @@ class Provider(ABC):
     # -- shared plumbing -------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        """Upstreams sometimes echo request headers in errors; never pass our key on."""
-        if self._secret and self._secret in text:
-            text = text.replace(self._secret, "[redacted]")
-        return text
+        """Upstreams sometimes echo request headers in errors; never pass a key on."""
+        return self._redactor.text(text)
 
     def scrub(self, error: UpstreamError) -> UpstreamError:
-        """`error` with our key taken out of every field a client sees rendered.
+        """`error` with every key of the pool taken out of every field a client sees rendered.
 
         The one redaction for errors built from upstream data (error bodies, error events
         of either kind), applied to decoded text, where a JSON-escaped key is plain.
         """
-        if self._secret:
+        if self._redactor.secrets:
             for name in ("message", "type", "param", "code"):
                 value = getattr(error, name)
                 if isinstance(value, str):
@@ -133,19 +194,38 @@ class Provider(ABC):
 
     def redact_bytes(self, data: bytes) -> bytes:
         """The same for an answer or an event as received (one substring search when clean)."""
-        if self._secret_bytes and self._secret_bytes in data:
-            data = data.replace(self._secret_bytes, b"[redacted]")
-        return data
+        return self._redactor.data(data)
+
+    def sign(self, request: httpx.Request) -> None:
+        """Authenticate `request` once it is complete, for a kind whose `key_header` is None
+        (a signature over the request, such as SigV4). The default sends it as it is."""
+        return None
 
     async def send(self, request: httpx.Request,
                    timeouts: dict[str, float | None] | None = None) -> httpx.Response:
-        """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`."""
+        """Send and check the status; a non-2xx answer becomes an `UpstreamStatus`.
+
+        The one place a request gets its credentials: a key of the pool in the kind's
+        `key_header`, or the kind's `sign`.
+        """
         request.extensions["timeout"] = self.timeouts if timeouts is None else timeouts
         if self.inject is not None:
             trace_headers: list[tuple[str, str]] = []
             self.inject(trace_headers)
             for name, value in trace_headers:
                 request.headers[name] = value
+        key = None
+        if self.key_header is None:
+            self.sign(request)
+        else:
+            key = self.keys.pick()
+            if key is not None:
+                if key.limited:
+                    key = await self.keys.admit(key)
+                request.headers[self.keys.header_name] = key.header_value
+        watch = ATTEMPT.get()
+        if watch is not None:
+            watch.key = key
         try:
             response = await self.transport.handle_async_request(request)
         except httpx.PoolTimeout:
@@ -159,9 +239,8 @@ class Provider(ABC):
             raise UpstreamConnectError(
                 f"provider {self.name} could not be reached ({type(exc).__name__})"
             ) from None
-        arrived = HEADERS_ARRIVED.get()
-        if arrived is not None:
-            arrived()
+        if watch is not None:
+            watch.arrived()
         if response.status_code >= 400:
             body = b""
             with trio.move_on_after(self.idle_timeout):
@@ -169,7 +248,10 @@ class Provider(ABC):
                     body = await self.read_body(response, MAX_ERROR_BODY)
                 except UpstreamError:
                     pass
-            raise self.status_error(response, body)
+            error = self.status_error(response, body)
+            if error.status == 429 and key is not None and self.keys.rest(key, error.retry_after):
+                error.retry_after = None  # the wait was this key's: the next key need not wait
+            raise error
         return response
 
     async def answer_json(self, request: httpx.Request) -> dict[str, Any]:

@@ -24,6 +24,7 @@ _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses":
 class OpenAIProvider(Provider):
     kind = "openai"
     codec = chat
+    key_header = ("authorization", "Bearer {}")
 
     def __init__(
         self,
@@ -33,11 +34,9 @@ class OpenAIProvider(Provider):
     ) -> None:
         super().__init__(config, transport, retry_on)
         self._urls = {ep: httpx.URL(config.base_url + path) for ep, path in _PATHS.items()}
-        headers = [("content-type", "application/json"), ("accept", "application/json")]
-        if config.api_key:
-            headers.append(("authorization", f"Bearer {config.api_key}"))
-        self._headers = headers
-        self._stream_headers = [*headers[:1], ("accept", "text/event-stream"), *headers[2:]]
+        self._headers = [("content-type", "application/json"), ("accept", "application/json")]
+        self._stream_headers = [("content-type", "application/json"),
+                                ("accept", "text/event-stream")]
 
     def _content(self, body: dict[str, Any], model: str, raw: bytes | None) -> bytes:
         if raw is not None and body.get("model") == model:
