@@ -27,6 +27,7 @@ from edge.config import RoutingConfig
 from edge.errors import UpstreamStatus
 from edge.failover import Attempts
 from edge.fastpath import Breaker, DeploymentStats
+from edge.keypool import KeyPool
 from edge.metrics import Metrics
 from edge.routing import Deployment
 
@@ -403,10 +404,11 @@ def test_last_attempt_429_is_passed_on_with_its_retry_after(
 
 
 class _Named:
-    """What Attempts reads of a provider: its name."""
+    """What Attempts reads of a provider: its name and its (here keyless) key pool."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.keys = KeyPool((), None)
 
 
 @pytest.mark.parametrize(("hedge_after_ms", "candidates"), [(0, 1), (100, 2)],
