@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from _postgres import PostgresServer
 
 from edge.store import (
@@ -32,7 +33,9 @@ from edge.store import (
     open_store,
     parse_store_url,
 )
+from edge.store.base import BUSY
 from edge.store.schema import MIGRATIONS
+from edge.store.sqlite import MemoryBackend, SQLiteBackend
 
 DAY = 86400.0
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -527,3 +530,49 @@ async def test_postgres_stopped_mid_run(postgres_factory: Callable[[], PostgresS
              "completion_tokens": 1600, "cost_usd": 0.32, "saved_usd": 0.0}]
         await service.aclose()
     assert service.rows_dropped == 0
+
+
+def test_the_memory_store_keeps_a_bounded_number_of_responses() -> None:
+    backend = MemoryBackend("memory://", max_responses=3)
+    for i in range(5):
+        backend.put_response(_response(f"resp_{i}"))
+    assert [backend.get_response(f"resp_{i}", "a", T0) is not None for i in range(5)] == [
+        False, False, True, True, True]  # the oldest two made room
+    with pytest.raises(AlreadyExists):
+        backend.put_responses([_response("resp_9"), _response("resp_9")])
+    assert backend.get_response("resp_9", "a", T0) is None  # the batch wrote nothing
+
+
+def test_a_free_memory_store_is_written_on_the_spot_a_held_one_from_a_thread(
+        tmp_path: Path) -> None:
+    """`Backend.now`: the event loop never waits for a lock a worker thread holds."""
+    memory = MemoryBackend("memory://")
+    assert memory.now(memory.put_response, _response("resp_1")) is None  # done
+    assert memory.get_response("resp_1", "a", T0) is not None
+    held = trio.Event()
+    release = trio.Event()
+
+    def hold() -> None:
+        with memory._lock:
+            trio.from_thread.run_sync(held.set)
+            trio.from_thread.run(release.wait)
+
+    async def main() -> None:
+        service = StoreService(memory)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            nursery.start_soon(trio.to_thread.run_sync, hold)
+            await held.wait()
+            assert memory.now(memory.put_response, _response("resp_2")) is BUSY
+            with trio.fail_after(30):
+                async with trio.open_nursery() as writers:
+                    writers.start_soon(service.put_response, _response("resp_3"))
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert "resp_3" not in memory._responses  # queued for the writer
+                    release.set()
+            assert memory.get_response("resp_3", "a", T0) is not None
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    on_disk = SQLiteBackend("sqlite", str(tmp_path / "edge.db"))
+    assert on_disk.now(len, "x") is BUSY  # a file may wait on another process's lock

@@ -125,9 +125,9 @@ def open_store(url: str | StoreURL, *, threads: int = 8) -> Backend:
         from .postgres import PostgresBackend
 
         return PostgresBackend(parsed.url, pool_size=threads)
-    from .sqlite import MEMORY, SQLiteBackend
+    from .sqlite import MemoryBackend, SQLiteBackend
 
     if parsed.kind == "memory":
-        return SQLiteBackend(parsed.url, MEMORY)
+        return MemoryBackend(parsed.url)
     assert parsed.path is not None
     return SQLiteBackend(parsed.url, os.path.abspath(parsed.path))

@@ -23,15 +23,18 @@ response id) is taken.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import enum
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "GROUP_FIELDS",
     "KEY_FIELDS",
     "Backend",
     "AlreadyExists",
+    "BUSY",
+    "Busy",
     "KeyRecord",
     "StoreConfigError",
     "StoreError",
@@ -48,6 +51,17 @@ GROUP_FIELDS = ("key", "model", "provider", "day")
 KEY_FIELDS = ("rpm", "tpm", "budget_usd", "budget_period", "models", "expires_at")
 
 _NANO = 1_000_000_000
+
+T = TypeVar("T")
+
+
+class Busy(enum.Enum):
+    """What `Backend.now` answers when the call would have to wait: run it in a thread."""
+
+    BUSY = "busy"
+
+
+BUSY = Busy.BUSY
 
 
 def to_nano(usd: float) -> int:
@@ -143,6 +157,11 @@ class Backend(Protocol):
     """
 
     url: str
+
+    def now(self, fn: Callable[..., T], *args: Any) -> T | Busy:
+        """`fn(*args)` at once on the calling thread when that cannot block: only an
+        in-process database that no other thread holds. Otherwise `BUSY`, and the
+        caller runs it in a worker thread as usual."""
 
     def ping(self) -> None:
         """Reach the database (creating or upgrading its tables on first contact)."""

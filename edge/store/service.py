@@ -32,7 +32,9 @@ the Trio thread changes:
   written (a follow-up may name it at once, SPEC §8), but requests arriving together
   are written together: a writer task takes every response queued since its last write
   and writes them in one transaction from one thread, so under load one thread hop and
-  one commit serve many requests (group commit), and a lone request waits for one.
+  one commit serve many requests (group commit), and a lone request waits for one. An
+  in-process store (`memory://`) that no thread holds is written on the spot instead
+  (`Backend.now`): no hop, no task woken.
 * **Retention.** A cleanup task deletes ledger rows older than `retention_days` and
   stored responses past their `expires_at`, at start and every `cleanup_interval`.
 
@@ -51,7 +53,16 @@ from typing import Any, TypeVar
 
 import trio
 
-from .base import Backend, KeyRecord, StoredResponse, StoreError, StoreUnavailable, UsageRow
+from .base import (
+    BUSY,
+    Backend,
+    Busy,
+    KeyRecord,
+    StoredResponse,
+    StoreError,
+    StoreUnavailable,
+    UsageRow,
+)
 
 __all__ = ["StoreService"]
 
@@ -257,6 +268,8 @@ class StoreService:
         responses were queued meanwhile (see the module docstring)."""
         if self._state is not _State.UP or self._tasks is None:
             raise StoreUnavailable("the store is unavailable")
+        if not self._puts and self._now(self.backend.put_responses, [response]) is not BUSY:
+            return  # written at once (an in-process store nobody else holds)
         put = _Put(response)
         self._puts.append(put)
         self._puts_queued.set()
@@ -265,7 +278,8 @@ class StoreService:
             raise put.error
 
     async def get_response(self, id: str, key_name: str) -> StoredResponse | None:
-        return await self._call(self.backend.get_response, id, key_name, self._clock())
+        return await self._call(self.backend.get_response, id, key_name, self._clock(),
+                                at_once=True)
 
     async def delete_response(self, id: str, key_name: str) -> bool:
         return await self._call(self.backend.delete_response, id, key_name)
@@ -442,16 +456,33 @@ class StoreService:
 
     # -- threads and state ------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
-        """`fn(*args)` in a worker thread; StoreUnavailable at once if the store is down."""
+    async def _call(self, fn: Callable[..., T], *args: Any, deadline: float | None = None,
+                    at_once: bool = False) -> T:
+        """`fn(*args)` in a worker thread; StoreUnavailable at once if the store is down.
+        A point read or write (`at_once`) runs on the event loop when the backend says
+        that cannot block (`Backend.now`)."""
         if self._state is not _State.UP:
             raise StoreUnavailable("the store is unavailable")
+        if at_once:
+            result = self._now(fn, *args)
+            if result is not BUSY:
+                return result
         generation = self._generation
         try:
             return await self._in_thread(
                 functools.partial(fn, *args),
                 deadline=self._call_timeout if deadline is None else deadline,
             )
+        except StoreUnavailable as exc:
+            self.errors += 1
+            self._fail(exc, generation)
+            raise
+
+    def _now(self, fn: Callable[..., T], *args: Any) -> T | Busy:
+        """`Backend.now`, with a failure marking the service down as `_call` does."""
+        generation = self._generation
+        try:
+            return self.backend.now(fn, *args)
         except StoreUnavailable as exc:
             self.errors += 1
             self._fail(exc, generation)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from . import schema
 from .base import (
+    BUSY,
+    Busy,
     KeyRecord,
     StoredResponse,
     StoreError,
@@ -35,6 +37,8 @@ from .base import (
 )
 
 __all__ = ["SQLBackend"]
+
+T = TypeVar("T")
 
 _Cursor = Any  # sqlite3.Cursor or psycopg.Cursor: the DB-API subset both share
 _GROUP_COLUMNS = {"key": "key_name", "model": "model", "provider": "provider"}
@@ -84,6 +88,10 @@ class SQLBackend:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def now(self, fn: Callable[..., T], *args: Any) -> T | Busy:
+        """A database over a network or a file may block: never at once (see `Backend`)."""
+        return BUSY
 
     # -- plumbing ------------------------------------------------------------------
 
