@@ -1,14 +1,16 @@
-"""SPEC §9 `least_busy`, end to end: fewest requests in flight first, ties in config order.
+"""SPEC §9 `least_busy`: fewest requests in flight first, ties in config order.
 
-Two deployments of one model group, each on its own fake; a streamed answer whose prompt
-starts with "hold" stops after its first event until the test sets `Held.release`, so
-"busy" is a state the test controls, never a matter of timing.
+`rank` on both hot-path twins first; then end to end: two deployments of one model group,
+each on its own fake; a streamed answer whose prompt starts with "hold" stops after its
+first event until the test sets `Held.release`, so "busy" is a state the test controls,
+never a matter of timing.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import types
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +20,33 @@ from _scrape import metric
 from _servers import EdgeProcess, wait_until
 
 ENV = {"K": "sk-least-busy-0123456789"}
+LEAST_BUSY = 4
+
+
+def test_rank_least_busy_orders_by_attempts_in_flight(impl: types.ModuleType) -> None:
+    stats = [impl.DeploymentStats(1.0, 1.0) for _ in range(4)]
+    breaker = impl.Breaker(1, 10.0)
+    breakers = [breaker] * 4
+    assert impl.STRATEGY_LEAST_BUSY == LEAST_BUSY
+    assert impl.rank(LEAST_BUSY, stats, breakers, 0.0, 0, 0, 30.0) == [0, 1, 2, 3]
+    for index, busy in enumerate((2, 0, 1, 0)):
+        for _ in range(busy):
+            stats[index].begin()
+    assert impl.rank(LEAST_BUSY, stats, breakers, 0.0, 0, 0, 30.0) == [1, 3, 2, 0]
+    stats[0].end()
+    stats[0].end()
+    stats[0].end()  # one end too many never goes below zero
+    assert stats[0].inflight == 0
+    assert impl.rank(LEAST_BUSY, stats, breakers, 0.0, 0, 0, 30.0) == [0, 1, 3, 2]
+
+
+def test_rank_least_busy_skips_an_open_circuit(impl: types.ModuleType) -> None:
+    stats = [impl.DeploymentStats(1.0, 1.0) for _ in range(2)]
+    stats[1].begin()
+    opened = impl.Breaker(1, 10.0)
+    opened.failure(0.0)
+    assert impl.rank(LEAST_BUSY, stats, [opened, impl.Breaker(1, 10.0)], 1.0, 0, 0,
+                     30.0) == [1]
 
 
 class Held:
