@@ -201,6 +201,18 @@ def test_a_key_at_its_own_rpm_is_skipped(serve, fakes) -> None:
     assert metric(edge.url, "llm_edge_upstream_key_rests_total", provider="pool") == 0
 
 
+def test_a_key_at_its_own_tpm_is_skipped(serve, fakes) -> None:
+    """(c) K1 allows 10 tokens a minute and each answer uses 9: after two answers (three
+    at most, since an answer's tokens are charged once it is sent) K2 serves the rest,
+    where an even spread would have given K1 six of the twelve."""
+    fake = fakes()
+    edge = serve(config(fake, '[{ key = "env:K1", tpm = 10 }, "env:K2"]'))
+    used = spread(edge, fake, 12)
+    assert 2 <= used[K1] <= 3
+    assert used[K2] == 12 - used[K1]
+    assert pool_keys(edge) == {"total": 2, "available": 1}
+
+
 def test_every_key_resting_skips_the_deployment(serve, fakes) -> None:
     """(d) once both keys rest, a model the pool alone serves gets 503 with Retry-After at
     once, without a call upstream; a model group with another deployment fails over to it.
