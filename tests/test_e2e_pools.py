@@ -61,6 +61,11 @@ class PoolFake(FakeUpstream):
             return _error(401, f"Incorrect API key provided: {key}.", "invalid_api_key")
         body = json.loads(raw)
         text = f"pooled reply to: {body['messages'][-1]['content']}"
+        if body.get("stream") and text.endswith("leak"):  # an error event quoting the key
+            return Reply(iter([sse(chat_chunk("partial")),
+                               sse({"error": {"message": f"overloaded for key {key}",
+                                              "type": "server_error", "code": None}})]),
+                         content_type="text/event-stream")
         if body.get("stream"):
             return Reply(iter([sse(chat_chunk(text)), sse(chat_chunk(finish="stop")),
                                sse(chat_chunk(usage=_USAGE)), sse("[DONE]")]),
@@ -288,8 +293,9 @@ def test_a_non_finite_retry_after_is_ignored(serve, fakes) -> None:
 
 
 def test_a_key_the_upstream_echoes_is_redacted_everywhere(serve, fakes) -> None:
-    """(f) a 401 quoting the pool key back reaches the client with the key redacted, in
-    a JSON answer and in a stream's error; the key is in no log line, /health or /metrics."""
+    """(f) a 401 quoting the pool key back reaches the client with the key redacted, in a
+    JSON answer and for a stream; so does an error event mid-stream that quotes it; the key
+    is in no log line, /health or /metrics."""
     fake = fakes()
     fake.refused = {K1, K2}
     edge = serve(config(fake, '["env:K1", "env:K2"]'))
@@ -302,4 +308,9 @@ def test_a_key_the_upstream_echoes_is_redacted_everywhere(serve, fakes) -> None:
     assert "[redacted]" in streamed.text
     assert fake.seen == [K1, K2]  # a 401 is no rest: the spread goes on
     assert pool_keys(edge) == {"total": 2, "available": 2}
-    assert_redacted(edge, plain.text, streamed.text)
+    fake.refused = set()
+    cut = httpx.post(f"{edge.url}{CHAT}", timeout=30, json={
+        "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "leak"}]})
+    assert cut.status_code == 200  # the error came after the first event: in the stream
+    assert "overloaded for key [redacted]" in cut.text
+    assert_redacted(edge, plain.text, streamed.text, cut.text)
