@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -177,6 +178,23 @@ def test_three_keys_keep_serving_while_two_are_rate_limited(serve, fakes) -> Non
     assert pool_keys(edge) == {"total": 3, "available": 1}
     assert httpx.get(f"{edge.url}/health").json()["providers"]["pool"]["healthy"] is True
     assert_redacted(edge)
+
+
+def test_the_messages_door_is_served_by_the_pool(serve, fakes) -> None:
+    """The anthropic SDK through /v1/messages, translated to the OpenAI-kind pool: K1's
+    429 rests it and K2 answers, a stream and a plain answer alike."""
+    fake = fakes()
+    fake.limited = {K1: "60"}
+    edge = serve(config(fake, '["env:K1", "env:K2"]'))
+    with anthropic.Anthropic(base_url=edge.url, api_key="any", max_retries=0) as client:
+        with client.messages.stream(model=MODEL, max_tokens=20, messages=[
+                {"role": "user", "content": "claude streams"}]) as stream:
+            assert stream.get_final_text() == "pooled reply to: claude streams"
+        answer = client.messages.create(model=MODEL, max_tokens=20, messages=[
+            {"role": "user", "content": "claude asks"}])
+        assert answer.content[0].text == "pooled reply to: claude asks"  # type: ignore[union-attr]
+    assert fake.seen == [K1, K2, K2]
+    assert metric(edge.url, "llm_edge_upstream_key_rests_total", provider="pool") == 1
 
 
 def test_weights_spread_requests_by_share(serve, fakes) -> None:
