@@ -12,7 +12,8 @@ provider with a single key and no limits never reads the clock.
   run of picks each key's share is its weight's, interleaved rather than in bursts, and the
   order is deterministic.
 * **Rest.** A key of a pool (`api_keys`) the upstream answered 429 *rests* for the
-  answer's Retry-After (default `DEFAULT_REST_S`) while the others carry on; `on_rest`
+  answer's Retry-After (default `DEFAULT_REST_S`; within `MIN_REST_S`..`MAX_REST_S`,
+  either header form, `providers.base.retry_after_seconds`) while the others carry on; `on_rest`
   counts it (a metric). A single `api_key` never rests: with nothing to carry on, resting
   would turn one 429 into refusing every request for the wait, where the breaker and
   failover already answer a provider that keeps saying 429.
@@ -41,10 +42,15 @@ from .errors import RateLimited, ServiceUnavailable
 from .l2 import RedisTier
 from .ratelimit import RateLimiter
 
-__all__ = ["DEFAULT_REST_S", "Key", "KeyPool", "KeysResting"]
+__all__ = ["DEFAULT_REST_S", "MAX_REST_S", "MIN_REST_S", "Key", "KeyPool", "KeysResting"]
 
 #: How long a key rests after a 429 that did not say (no usable Retry-After).
 DEFAULT_REST_S = 30.0
+#: The bounds of a rest. At least a second, so a 429 saying "Retry-After: 0" still sends
+#: the retry to another key; at most an hour, so a key told to wait days (a quota reset, or
+#: a buggy upstream) costs one probe call an hour rather than being lost until a restart.
+MIN_REST_S = 1.0
+MAX_REST_S = 3600.0
 
 
 class KeysResting(ServiceUnavailable):
@@ -172,8 +178,8 @@ class KeyPool:
         True says that another key is free meanwhile (the wait was this key's alone)."""
         if not self.rests:
             return False
-        wait = retry_after if retry_after is not None and retry_after > 0 else DEFAULT_REST_S
-        self._hold(key, self.clock() + min(wait, 86400.0))
+        wait = DEFAULT_REST_S if retry_after is None else retry_after
+        self._hold(key, self.clock() + min(max(wait, MIN_REST_S), MAX_REST_S))
         if self.on_rest is not None:
             self.on_rest()
         return self.usable()

@@ -21,6 +21,9 @@ provider key the upstream echoes (even JSON-escaped) never reaches a client in a
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -327,7 +330,7 @@ class Provider(ABC):
                 code = err.get("code") if isinstance(err.get("code"), str) else None
             elif isinstance(err, str):
                 message = err
-        retry_after = _retry_after(response.headers.get("retry-after"))
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
         error = UpstreamStatus(
             status,
             message,
@@ -342,14 +345,26 @@ class Provider(ABC):
         return error
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds, in either form RFC 9110 allows (delay-seconds or an
+    HTTP-date, counted from now and never below 0); None when absent or unreadable.
+
+    A number that is not finite ("inf", "1e999") is unreadable too: it would otherwise
+    reach the client's own Retry-After, which must be a whole number of seconds.
+    """
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None  # HTTP-date form: rare from LLM APIs; fall back to our own backoff
-    return seconds if seconds >= 0 else None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": the date is in UTC (RFC 5322)
+            when = when.replace(tzinfo=datetime.UTC)
+        return max(0.0, when.timestamp() - time.time())
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
 
 
 class ChunkStream:

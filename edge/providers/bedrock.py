@@ -40,7 +40,7 @@ from ..errors import UpstreamConnectError, UpstreamError, UpstreamStatus
 from ..eventstream import EventStreamDecoder
 from ..sigv4 import Signer, host_of
 from ..sse import SSEError
-from .base import ChunkStream, Provider
+from .base import ChunkStream, Provider, retry_after_seconds
 from .endless import EndsAtEOF
 
 __all__ = ["BedrockProvider"]
@@ -153,17 +153,10 @@ class BedrockProvider(Provider):
         status = _ERROR_STATUSES.get(error_type, response.status_code)
         error = UpstreamStatus(
             status, message, retryable=status in self.retry_on, code=error_type or None,
-            retry_after=_seconds(response.headers.get("retry-after")), provider=self.name)
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            provider=self.name)
         self.scrub(error)
         return error
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None
 
 
 class _Credentials:
