@@ -12,14 +12,13 @@ Run it alone with ``python -m benchmarks.stream_app --port 8002 --tokens 50 --to
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 import orjson
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from benchmarks.bare_app import serve_app
 
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache")]
@@ -69,32 +68,6 @@ def make_app(tokens: int, token_ms: float) -> ASGIFramework:
     return app  # type: ignore[return-value]
 
 
-async def _run(host: str, port: int, tokens: int, token_ms: float) -> None:
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = "-"
-    config.loglevel = "WARNING"
-    config.backlog = 1024  # as edge listens, so neither refuses a burst the other takes
-    config.read_timeout = None
-    shutdown = trio.Event()
-
-    async def wait_for_signal() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                shutdown.set()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait_for_signal)
-        await nursery.start(lambda task_status: serve(
-            make_app(tokens, token_ms), config, shutdown_trigger=shutdown.wait,
-            task_status=task_status))
-        print(f"stream app listening on {host}:{port}", file=sys.stderr, flush=True)
-        await shutdown.wait()
-        nursery.cancel_scope.deadline = trio.current_time() + 5
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.stream_app", description=__doc__)
@@ -103,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--token-ms", type=float, default=20.0)
     args = parser.parse_args(argv)
-    trio.run(_run, args.host, args.port, args.tokens, args.token_ms)
+    # The backlog edge listens with, so neither refuses a burst the other would take.
+    trio.run(serve_app, make_app(args.tokens, args.token_ms), args.host, args.port,
+             "stream app", 1024)
     return 0
 
 
