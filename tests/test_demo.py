@@ -4,6 +4,7 @@ official SDKs and the admin API using the admin key it printed."""
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,9 @@ import pytest
 from _redis import free_port
 from _servers import wait_until
 
-_EDGE = str(Path(sys.executable).parent / "edge")
+# The console script beside the interpreter running the tests, else the one on PATH.
+_EDGE = (shutil.which("edge", path=str(Path(sys.executable).parent)) or shutil.which("edge")
+         or "edge")
 
 
 class _Demo:
