@@ -92,12 +92,17 @@ def make_app(body: bytes) -> ASGIFramework:
     return app
 
 
-async def _run(host: str, port: int, body: bytes) -> None:
+async def serve_app(app: ASGIFramework, host: str, port: int, label: str,
+                    backlog: int | None = None) -> None:
+    """Serve `app` on Hypercorn's Trio worker until SIGINT or SIGTERM (shared with
+    `benchmarks.stream_app`, so both ceilings run on exactly the same server setup)."""
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
+    if backlog is not None:
+        config.backlog = backlog
     shutdown = trio.Event()
 
     async def wait_for_signal() -> None:
@@ -110,10 +115,10 @@ async def _run(host: str, port: int, body: bytes) -> None:
         nursery.start_soon(wait_for_signal)
         bound = await nursery.start(
             lambda task_status: serve(
-                make_app(body), config, shutdown_trigger=shutdown.wait, task_status=task_status
+                app, config, shutdown_trigger=shutdown.wait, task_status=task_status
             )
         )
-        print(f"bare app listening on {', '.join(bound)}", file=sys.stderr, flush=True)
+        print(f"{label} listening on {', '.join(bound)}", file=sys.stderr, flush=True)
         await shutdown.wait()
         nursery.cancel_scope.deadline = trio.current_time() + 5
 
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     body = args.body_file.read_bytes() if args.body_file else DEFAULT_BODY
-    trio.run(_run, args.host, args.port, body)
+    trio.run(serve_app, make_app(body), args.host, args.port, "bare app")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`edge serve | check-config | mock-upstream | keys | usage` and `edge --version`.
+"""`edge serve | check-config | mock-upstream | demo | keys | usage` and `edge --version`.
 
 `edge keys` and `edge usage` work on the store the config names (`[store].url`, or
 `EDGE_STORE_URL`) with no server running, through the admin API's own handlers
@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--fail-rate", type=float, default=0.0,
                       help="fraction of requests answered 500 (0..1)")
     mock.add_argument("--seed", type=int, default=0, help="seed for --fail-rate's choices")
+    mock.add_argument("--tokens", type=_positive_int, default=None, metavar="N",
+                      help="content events per streamed answer (default: the echo's words)")
+    mock.add_argument("--token-ms", type=_non_negative_ms, default=0.0, metavar="T",
+                      help="ms between two content events; a non-streamed answer waits "
+                           "the whole stream's time (default 0)")
+
+    demo = commands.add_parser(
+        "demo", help="the bundled mock provider and edge in one process, no key or config")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
 
     keys = commands.add_parser("keys", help="create, list and revoke client keys in the store")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -73,6 +82,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse turns the error into exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_ms(text: str) -> float:
+    """argparse type: a finite number of milliseconds >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of ms >= 0, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge` console script."""
     args = _parser().parse_args(argv)
@@ -82,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "mock-upstream":
         return _mock(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.port)
     if args.command in ("keys", "usage"):
         return _store_command(args)
     _parser().print_help(sys.stderr)
@@ -147,7 +184,8 @@ def _mock(args: argparse.Namespace) -> int:
         print("Error: --delay-ms must not be negative", file=sys.stderr)
         return 2
     return run(MockOptions(host=args.host, port=args.port, delay_ms=args.delay_ms,
-                           fail_rate=args.fail_rate, seed=args.seed))
+                           fail_rate=args.fail_rate, seed=args.seed, tokens=args.tokens,
+                           token_ms=args.token_ms))
 
 
 # -- edge keys / edge usage ------------------------------------------------------------------

@@ -114,6 +114,10 @@ class MockOptions:
         delay_ms: wait this long before the first byte of every API response.
         fail_rate: fraction (0..1) of API requests answered 500.
         seed: seed of the `fail_rate` draw, so a run is reproducible.
+        tokens: content events per text answer (None: the echo's own words), so a
+            benchmark knows exactly how many events each stream carries.
+        token_ms: the pace of a streamed answer, ms between two content events (0: all
+            at once); a non-streamed answer waits the whole stream's time instead.
     """
 
     host: str = "127.0.0.1"
@@ -121,8 +125,14 @@ class MockOptions:
     delay_ms: float = 0.0
     fail_rate: float = 0.0
     seed: int = 0
+    tokens: int | None = None
+    token_ms: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.tokens is not None and not 1 <= self.tokens <= _MAX_WORDS:
+            raise ValueError(f"tokens must be between 1 and {_MAX_WORDS}, got {self.tokens}")
+        if not 0 <= self.token_ms < math.inf:
+            raise ValueError(f"token_ms must be a finite number >= 0, got {self.token_ms}")
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ValueError(f"fail_rate must be between 0 and 1, got {self.fail_rate}")
         if self.delay_ms < 0:
@@ -145,6 +155,8 @@ class _Plan:
     lead: int = 0  # frames before the first content frame (what cut_after skips)
     delay: float = 0.0  # seconds before the first byte
     chunk_delay: float = 0.0  # seconds between SSE frames
+    beats: tuple[int, ...] = ()  # indexes of the frames that start a content event
+    beat_delay: float = 0.0  # seconds between two content events (the model's pace)
     cut_after: int | None = None  # content frames (stream) or half the body, then close
     close: bool = False  # close without answering
 
@@ -426,12 +438,23 @@ def _tool_turn(name: str, schema: Any, text: str, prompt_tokens: int) -> _Turn:
     return _Turn([], "tool", prompt_tokens, max(1, len(arguments) // 4), name, arguments)
 
 
-def _echo(directives: _Directives | None, user_text: str) -> str:
-    if directives is None:
-        return "Mock reply to: " + user_text[:_ECHO_CHARS]
-    if directives.words is not None:
+def _echo(directives: _Directives | None, user_text: str, tokens: int | None = None) -> str:
+    """The reply text; `tokens` (the --tokens option) fixes its word count, so a stream
+    carries exactly that many content events: the echo's words, then `w<i>` fillers."""
+    if directives is not None and directives.words is not None:
         return " ".join(f"w{i}" for i in range(directives.words))
-    return "Mock reply to: " + directives.source[:_ECHO_CHARS]
+    echoed = user_text if directives is None else directives.source
+    text = "Mock reply to: " + echoed[:_ECHO_CHARS]
+    if tokens is None:
+        return text
+    words = text.split()[:tokens]
+    words += [f"w{i}" for i in range(len(words), tokens)]
+    return " ".join(words)
+
+
+def _pieces(turn: _Turn) -> list[str]:
+    """The content events a turn streams: its words, or its tool call's argument pieces."""
+    return _split(turn.tool_arguments) if turn.finish == "tool" else turn.chunks
 
 
 def _digest(raw: bytes) -> str:
@@ -621,13 +644,25 @@ class _Responder:
             return _Plan(200, events=frames, delay=delay)
         return None
 
-    def _finish(self, plan: _Plan, directives: _Directives | None) -> _Plan:
-        """Apply the pacing and cut directives to a normal answer."""
+    def _reply(self, directives: _Directives | None, user_text: str) -> str:
+        return _echo(directives, user_text, self.options.tokens)
+
+    def _finish(self, plan: _Plan, directives: _Directives | None, pieces: int) -> _Plan:
+        """Apply the model's pace (`token_ms`) and the pacing and cut directives to a
+        normal answer of `pieces` content events; a directive's pace replaces the model's."""
         plan.delay = self.delay
+        pace = self.options.token_ms / 1000.0
         if directives is not None:
             plan.delay += directives.delay_ms / 1000.0
             plan.chunk_delay = directives.chunk_delay_ms / 1000.0
             plan.cut_after = directives.cut_after
+            if plan.chunk_delay > 0:
+                pace = 0.0
+        if pace > 0:
+            if plan.events is None:
+                plan.delay += pieces * pace
+            else:
+                plan.beat_delay = pace
         return plan
 
     # -- OpenAI
@@ -658,7 +693,7 @@ class _Responder:
         elif tool is not None and last.get("role") == "user":
             turn = _tool_turn(tool[0], tool[1], user_text, prompt)
         else:
-            turn = _text_turn(_echo(directives, user_text), prompt, limit)
+            turn = _text_turn(self._reply(directives, user_text), prompt, limit)
 
         digest = _digest(raw)
         head = {
@@ -703,7 +738,7 @@ class _Responder:
                 ],
                 "usage": usage,
             }
-            return self._finish(_Plan(200, orjson.dumps(body)), directives)
+            return self._finish(_Plan(200, orjson.dumps(body)), directives, len(_pieces(turn)))
 
         def frame(index: int, delta: dict[str, Any], reason: str | None = None) -> bytes:
             chunk: dict[str, Any] = {
@@ -754,7 +789,10 @@ class _Responder:
                 b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
             )
         frames.append(_DONE)
-        return self._finish(_Plan(200, events=frames, lead=choices), directives)
+        pieces = len(_pieces(turn))
+        beats = tuple(range(choices, choices * (pieces + 1), choices))
+        plan = _Plan(200, events=frames, lead=choices, beats=beats)
+        return self._finish(plan, directives, pieces)
 
     @staticmethod
     def _openai_tool(tools: Any, choice: Any) -> tuple[str, Any] | None:
@@ -808,7 +846,7 @@ class _Responder:
         elif tool is not None:
             turn = _tool_turn(tool.name, tool.parameters, user_text, prompt)
         else:
-            turn = _text_turn(_echo(directives, user_text), prompt, req.max_tokens)
+            turn = _text_turn(self._reply(directives, user_text), prompt, req.max_tokens)
         digest = _digest(raw)
         finish: hub.FinishReason = "tool_calls" if turn.finish == "tool" else "stop"
         if turn.finish == "length":
@@ -829,7 +867,7 @@ class _Responder:
                 item_prefix=digest,
                 created=self.created,
             )
-            return self._finish(_Plan(200, orjson.dumps(body)), directives)
+            return self._finish(_Plan(200, orjson.dumps(body)), directives, len(_pieces(turn)))
         encoder = responses.StreamEncoder(
             req.model,
             response_id="resp_" + digest,
@@ -843,12 +881,17 @@ class _Responder:
         else:
             events += [hub.TextDelta(piece) for piece in turn.chunks]
         events += [hub.Finish(finish), hub.End(usage)]
-        frames = [
-            b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-            for event in events
-            for name, data in encoder.feed(event)
-        ]
-        return self._finish(_Plan(200, events=frames, lead=2), directives)
+        frames: list[bytes] = []
+        beats: list[int] = []
+        for event in events:
+            if isinstance(event, (hub.TextDelta, hub.ToolCallDelta)):
+                beats.append(len(frames))
+            frames += [
+                b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+                for name, data in encoder.feed(event)
+            ]
+        plan = _Plan(200, events=frames, lead=2, beats=tuple(beats))
+        return self._finish(plan, directives, len(beats))
 
     def _embeddings(self, request: dict[str, Any], raw: bytes) -> _Plan:
         model = _model(request)
@@ -982,7 +1025,7 @@ class _Responder:
         elif tool is not None and last.get("role") == "user":
             turn = _tool_turn(tool[0], tool[1], user_text, prompt)
         else:
-            turn = _text_turn(_echo(directives, user_text), prompt, limit, stops)
+            turn = _text_turn(self._reply(directives, user_text), prompt, limit, stops)
 
         digest = _digest(raw)
         stop_reason = {
@@ -1016,7 +1059,7 @@ class _Responder:
                     "output_tokens": turn.completion_tokens,
                 },
             }
-            return self._finish(_Plan(200, orjson.dumps(body)), directives)
+            return self._finish(_Plan(200, orjson.dumps(body)), directives, len(_pieces(turn)))
 
         def event(name: bytes, data: dict[str, Any]) -> bytes:
             return b"event: " + name + b"\ndata: " + orjson.dumps(data) + b"\n\n"
@@ -1074,7 +1117,8 @@ class _Responder:
             )
         )
         frames.append(event(b"message_stop", {"type": "message_stop"}))
-        return self._finish(_Plan(200, events=frames, lead=3), directives)
+        plan = _Plan(200, events=frames, lead=3, beats=tuple(range(3, 3 + len(deltas))))
+        return self._finish(plan, directives, len(deltas))
 
     @staticmethod
     def _anthropic_tool(tools: Any, choice: Any) -> tuple[str, Any] | None:
@@ -1207,7 +1251,8 @@ class _Connection:
 
     async def _carry_out(self, plan: _Plan) -> bool:
         """Send the plan's answer; True when the connection can serve another request."""
-        if plan.delay > 0 or (plan.events is not None and plan.chunk_delay > 0):
+        paced = plan.chunk_delay > 0 or plan.beat_delay > 0
+        if plan.delay > 0 or (plan.events is not None and paced):
             return await self._watched(plan)
         try:
             return await self._emit(plan)
@@ -1269,6 +1314,8 @@ class _Connection:
         )
         complete = count == len(events)
         head = http.send(h11.Response(status_code=plan.status, headers=plan.headers))
+        if plan.beat_delay > 0:
+            return await self._emit_beats(plan, head, count, complete)
         if plan.chunk_delay <= 0:
             # Unpaced: the frames share one HTTP chunk and one write (SSE does not care
             # where chunks end, and h11's per-chunk cost would dominate a stream).
@@ -1284,6 +1331,26 @@ class _Connection:
             await stream.send_all(http.send(h11.Data(data=events[index])))
         if complete:
             await stream.send_all(http.send(h11.EndOfMessage()))
+        return complete
+
+    async def _emit_beats(self, plan: _Plan, head: bytes, count: int, complete: bool) -> bool:
+        """A stream at the model's pace: `beat_delay` before each content event but the
+        first; the frames between two beats (the lead, the tail) share one write. Each
+        wake-up is set from the stream's start, so the pace does not drift with the writes.
+        """
+        http = self.http
+        events = plan.events or []
+        cuts = [0, *(i for i in plan.beats[1:] if i < count), count]
+        start = trio.current_time()
+        out = head
+        for beat in range(len(cuts) - 1):
+            if beat:
+                await trio.sleep_until(start + beat * plan.beat_delay)
+            out += http.send(h11.Data(data=b"".join(events[cuts[beat] : cuts[beat + 1]])))
+            if beat == len(cuts) - 2 and complete:
+                out += http.send(h11.EndOfMessage())
+            await self.stream.send_all(out)
+            out = b""
         return complete
 
 
