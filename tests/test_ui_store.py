@@ -42,6 +42,6 @@ def test_an_empty_window_has_no_buckets_or_percentiles(backend: Backend) -> None
     backend.insert_usage([_row(0, time=T0)])
     summary = backend.usage_summary(T0 + 100, T0 + 200, 60)
     assert (summary.buckets, summary.errors_by_status) == ([], {})
-    assert summary.p50_ms is None and summary.p99_ms is None
+    assert (summary.p50_ms, summary.p99_ms) == (None, None)
     with pytest.raises(ValueError, match="bucket_s"):
         backend.usage_summary(T0, T0 + 1, 0)
