@@ -77,9 +77,15 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Callable[[WebDriver, str]
     docs = os.environ.get("EDGE_UI_DOCS")
 
     def shoot(driver: WebDriver, name: str) -> None:
-        assert driver.save_screenshot(str(artefacts / f"ui-{name}.png"))
-        if docs:
-            assert driver.save_screenshot(str(Path(docs) / f"ui-{name}.png"))
+        size = driver.get_window_size()
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(size["width"], min(int(height) + 120, 2400))  # the whole page
+        try:
+            assert driver.save_screenshot(str(artefacts / f"ui-{name}.png"))
+            if docs:
+                assert driver.save_screenshot(str(Path(docs) / f"ui-{name}.png"))
+        finally:
+            driver.set_window_size(size["width"], size["height"])
 
     return shoot
 
