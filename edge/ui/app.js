@@ -209,10 +209,7 @@ function drawBars(container, series, layers, format) {
       chart.append(rect);
     }
   });
-  const label = svg("text", { x: 2, y: 11 });
-  label.textContent = "max " + format(top);
-  chart.append(label);
-  container.replaceChildren(chart);
+  container.replaceChildren(chart, el("p", { class: "legend", text: "tallest bar: " + format(top) }));
 }
 
 // -- keys ------------------------------------------------------------------------------
