@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from _servers import EdgeProcess, MockUpstream, spawn_mock
-from test_ui_api import ADMIN, CONFIG, PROVIDER_KEY, chat
+from _servers import EdgeProcess, MockUpstream
+from test_ui_api import ADMIN, PROVIDER_KEY, chat, edge_args
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -41,16 +41,9 @@ XSS = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(scope="module")
-def mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockUpstream]:
-    upstream = spawn_mock(tmp_path_factory.mktemp("mock"))
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory, mock: MockUpstream) -> Iterator[EdgeProcess]:
-    proc = EdgeProcess(tmp_path_factory.mktemp("edge"), config=CONFIG.format(mock_url=mock.url),
-                       env={"PROVIDER_KEY": PROVIDER_KEY, "EDGE_ADMIN_KEY": ADMIN})
+def edge(tmp_path_factory: pytest.TempPathFactory,
+         mock_upstream: MockUpstream) -> Iterator[EdgeProcess]:
+    proc = EdgeProcess(tmp_path_factory.mktemp("edge"), **edge_args(mock_upstream))
     yield proc
     proc.stop()
 
@@ -336,10 +329,9 @@ def test_every_view_fits_the_width(page: WebDriver, width: int,
         shots(page, "overview-390")
 
 
-def test_without_an_admin_key_the_page_says_how(tmp_path: Path, mock: MockUpstream,
+def test_without_an_admin_key_the_page_says_how(tmp_path: Path, mock_upstream: MockUpstream,
                                                 driver: WebDriver) -> None:
-    config = CONFIG.format(mock_url=mock.url).replace('admin_key = "env:EDGE_ADMIN_KEY"', "")
-    proc = EdgeProcess(tmp_path, config=config, env={"PROVIDER_KEY": PROVIDER_KEY})
+    proc = EdgeProcess(tmp_path, **edge_args(mock_upstream, admin_key=False))
     try:
         driver.get_log("browser")
         driver.get(f"{proc.url}/ui")
