@@ -211,6 +211,18 @@ def test_a_key_made_in_the_ui_works_until_revoked(page: WebDriver, edge: EdgePro
     assert page.find_element(By.ID, "secret-value").text == ""  # shown once, then gone
     assert not visible(page, "secret")
 
+    # rotate: a new secret, shown once; the old one stops working at once
+    page.find_element(By.CSS_SELECTOR, 'button[aria-label="Rotate ui-made"]').click()
+    wait(page, lambda d: d.find_element(By.ID, "secret-value").text not in ("", secret),
+         "the rotated secret shown")
+    rotated = page.find_element(By.ID, "secret-value").text
+    assert rotated.startswith("sk-edge-")
+    with pytest.raises(openai.AuthenticationError):
+        chat(sdk(edge, secret), "with the old secret")
+    assert chat(sdk(edge, rotated), "with the new secret").choices[0].message.content
+    secret = rotated
+    page.find_element(By.ID, "secret-done").click()
+
     revoke = page.find_element(By.CSS_SELECTOR, 'button[aria-label="Revoke ui-made"]')
     revoke.click()
     wait(page, lambda d: revoke.text == "Confirm revoke", "the revoke confirmation")
@@ -327,6 +339,27 @@ def test_every_view_fits_the_width(page: WebDriver, width: int,
         show(page, "overview")
         wait(page, lambda d: stat(d, "requests") != "", "stats at 390 px")
         shots(page, "overview-390")
+
+
+def test_dark_and_light_follow_the_system(page: WebDriver,
+                                          shots: Callable[[WebDriver, str], None]) -> None:
+    def background() -> str:
+        return str(page.execute_script("return getComputedStyle(document.body).backgroundColor"))
+
+    try:
+        page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [
+            {"name": "prefers-color-scheme", "value": "light"}]})
+        light = background()
+        page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [
+            {"name": "prefers-color-scheme", "value": "dark"}]})
+        dark = background()
+        assert light != dark
+        # dark means a dark background: each channel of rgb(r, g, b) below the middle
+        assert all(int(c) < 128 for c in dark[dark.index("(") + 1:-1].split(","))
+        wait(page, lambda d: stat(d, "requests") != "", "stats in dark mode")
+        shots(page, "overview-dark")
+    finally:
+        page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
 
 def test_without_an_admin_key_the_page_says_how(tmp_path: Path, mock_upstream: MockUpstream,
