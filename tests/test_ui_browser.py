@@ -30,7 +30,7 @@ from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -294,6 +294,16 @@ def test_usage_table_sorts_and_exports_the_same_rows(
                 *(float(row[f]) for f in fields[2:]))
 
     assert sorted(typed(r) for r in rows) == sorted(typed(r) for r in expected)
+
+    # a chosen range: a day in 2020 has no rows
+    Select(page.find_element(By.ID, "usage-since")).select_by_value("custom")
+    assert visible(page, "usage-custom")
+    page.execute_script("document.getElementById('usage-from').value = '2020-01-01T00:00';"
+                        "document.getElementById('usage-to').value = '2020-01-02T00:00';")
+    page.find_element(By.ID, "usage-load").click()
+    wait(page, lambda d: "2020-01-0" in d.find_element(By.ID, "usage-range").text, "the range")
+    assert page.find_element(By.ID, "usage-range").text.endswith(": 0 rows.")
+    assert page.find_elements(By.CSS_SELECTOR, "#usage-table tbody tr") == []
 
 
 def test_providers_view(page: WebDriver, shots: Callable[[WebDriver, str], None]) -> None:

@@ -330,6 +330,13 @@ async function refreshUsage(event) {
   $("usage-error").textContent = "";
   const groups = [...document.querySelectorAll("input[name=group]:checked")].map((i) => i.value);
   const query = new URLSearchParams({ since: $("usage-since").value });
+  if (query.get("since") === "custom") {
+    // datetime-local is the browser's local time; the API takes RFC 3339 (UTC here)
+    const from = $("usage-from").value, to = $("usage-to").value;
+    if (!from) { $("usage-error").textContent = "Choose a start time (From)."; return; }
+    query.set("since", new Date(from).toISOString());
+    if (to) query.set("until", new Date(to).toISOString());
+  }
   if (groups.length) query.set("group_by", groups.join(","));
   let payload;
   try { payload = await api("/admin/usage?" + query); } catch (error) { showError("usage", error); return; }
@@ -434,6 +441,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("secret-done").addEventListener("click", hideSecret);
   $("usage-form").addEventListener("submit", refreshUsage);
   $("usage-csv").addEventListener("click", exportCsv);
+  $("usage-since").addEventListener("change", () => {
+    $("usage-custom").hidden = $("usage-since").value !== "custom";
+  });
   for (const button of document.querySelectorAll("[data-window]")) {
     button.addEventListener("click", () => {
       state.window = button.dataset.window;
