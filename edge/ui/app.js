@@ -386,8 +386,9 @@ function drawUsage() {
 
 function csvCell(value) {
   const text = value === null || value === undefined ? "" : String(value);
-  // quote what CSV needs quoted; a leading = + - @ would be a formula in a spreadsheet
-  const safe = /^[=+\-@\t\r]/.test(text) && typeof value === "string" ? "'" + text : text;
+  // quote what CSV needs quoted; a text starting with = + or @ would be a spreadsheet
+  // formula (a model name is whatever a client sent), so it gets a leading apostrophe
+  const safe = /^[=+@\t\r]/.test(text) && typeof value === "string" ? "'" + text : text;
   return /[",\r\n]/.test(safe) ? '"' + safe.replace(/"/g, '""') + '"' : safe;
 }
 
