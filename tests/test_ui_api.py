@@ -138,6 +138,7 @@ def test_stats_count_what_was_sent(
         chat(client, "question 0")  # two L1 hits
     with pytest.raises(openai.BadRequestError):
         chat(client, "!mock status=400 say no")
+    client.close()
 
     def settled() -> dict[str, Any] | None:
         stats: dict[str, Any] = admin_get(edge, "/admin/stats?window=5m").json()
@@ -178,6 +179,7 @@ def test_providers_report_health_circuit_keys_and_latency(
     chat(client, "hello providers")
     with pytest.raises(openai.BadRequestError):
         chat(client, "!mock status=400 refuse")
+    client.close()
     answer = admin_get(edge, "/admin/providers")
     assert answer.status_code == 200
     assert PROVIDER_KEY[:12] not in answer.text

@@ -161,16 +161,22 @@ def sdk(edge: EdgeProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{edge.url}/v1", api_key=key, max_retries=0)
 
 
+def ask(edge: EdgeProcess, key: str, text: str) -> Any:
+    """One chat completion with the openai SDK, its connections closed after."""
+    with sdk(edge, key) as client:
+        return chat(client, text)
+
+
 def test_login_then_the_numbers_move_with_traffic(
         page: WebDriver, edge: EdgeProcess, team: str,
         shots: Callable[[WebDriver, str], None]) -> None:
     assert page.execute_script("return sessionStorage.getItem('edge-admin-key')") == ADMIN
     wait(page, lambda d: stat(d, "requests") != "", "the first stats")
     before = int(stat(page, "requests").replace(",", ""))
-    client = sdk(edge, team)
-    for n in range(4):
-        chat(client, f"browser question {n}")
-    chat(client, "browser question 0")  # an L1 hit
+    with sdk(edge, team) as client:
+        for n in range(4):
+            chat(client, f"browser question {n}")
+        chat(client, "browser question 0")  # an L1 hit
     wait(page, lambda d: stat(d, "requests").replace(",", "") == str(before + 5),
          "the request count to move by five")
     wait(page, lambda d: stat(d, "hit_rate_l1") not in ("", "–", "0.0 %"), "an L1 hit rate")
@@ -202,7 +208,7 @@ def test_a_key_made_in_the_ui_works_until_revoked(page: WebDriver, edge: EdgePro
     assert secret[:12] in row
     assert secret not in row  # only the prefix is listed
     assert "[meter]" in row  # spend against the budget as a bar
-    answer = chat(sdk(edge, secret), "made in the dashboard")
+    answer = ask(edge, secret, "made in the dashboard")
     assert answer.choices[0].message.content
     page.find_element(By.ID, "secret-copy").click()
     wait(page, lambda d: d.find_element(By.ID, "secret-copied").text != "", "copy feedback")
@@ -218,8 +224,8 @@ def test_a_key_made_in_the_ui_works_until_revoked(page: WebDriver, edge: EdgePro
     rotated = page.find_element(By.ID, "secret-value").text
     assert rotated.startswith("sk-edge-")
     with pytest.raises(openai.AuthenticationError):
-        chat(sdk(edge, secret), "with the old secret")
-    assert chat(sdk(edge, rotated), "with the new secret").choices[0].message.content
+        ask(edge, secret, "with the old secret")
+    assert ask(edge, rotated, "with the new secret").choices[0].message.content
     secret = rotated
     page.find_element(By.ID, "secret-done").click()
 
@@ -229,7 +235,7 @@ def test_a_key_made_in_the_ui_works_until_revoked(page: WebDriver, edge: EdgePro
     revoke.click()
     wait(page, lambda d: key_row(d, "ui-made") is None, "the key gone from the list")
     with pytest.raises(openai.AuthenticationError) as refused:
-        chat(sdk(edge, secret), "after revoke")
+        ask(edge, secret, "after revoke")
     assert refused.value.status_code == 401
 
 
@@ -258,7 +264,7 @@ def test_a_hostile_key_name_stays_text(page: WebDriver) -> None:
 def test_usage_table_sorts_and_exports_the_same_rows(
         page: WebDriver, edge: EdgeProcess, team: str, downloads: Path,
         shots: Callable[[WebDriver, str], None]) -> None:
-    chat(sdk(edge, team), "usage row")
+    ask(edge, team, "usage row")
     show(page, "usage")
     page.find_element(By.CSS_SELECTOR, 'input[name="group"][value="model"]').click()
     page.find_element(By.ID, "usage-load").click()
