@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -47,6 +47,7 @@ from .store.base import StoreUnavailable
 
 __all__ = [
     "AdminAPI",
+    "Report",
     "Response",
     "SECRET_PREFIX",
     "check_key_fields",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+#: A read-only report at GET /admin/{name}: the query string in, a JSON object out.
+Report = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 SECRET_PREFIX = "sk-edge-"
 KEY_PREFIX_LENGTH = 12
@@ -246,11 +249,15 @@ class AdminAPI:
         auth: the authenticator: the admin key and the file's keys.
         budgets: the spend counters, for `spend_usd` (reseeded when a key's period changes).
         clock: wall-clock seconds.
+        reports: more GET endpoints by name (`/admin/stats`, `/admin/providers`): the
+            running server's, which the CLI, with no server, does not have.
     """
 
     def __init__(self, store: StoreService, auth: Authenticator, budgets: SpendCounters,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 reports: Mapping[str, Report] | None = None) -> None:
         self.store = store
+        self.reports = dict(reports or {})
         self.auth = auth
         self.budgets = budgets
         self.clock = clock
@@ -274,6 +281,11 @@ class AdminAPI:
             if parts[:2] == ["admin", "usage"] and len(parts) == 2:
                 self._method(method, "GET")
                 return _json(200, await self.usage(query_string))
+            report = self.reports.get(parts[1]) if len(parts) == 2 and parts[0] == "admin" \
+                else None
+            if report is not None:
+                self._method(method, "GET")
+                return _json(200, await report(query_string))
             if parts[:2] != ["admin", "keys"] or len(parts) > 4:
                 raise NotFound(f"Unknown path: {path[:200]}", code="unknown_url")
             if len(parts) == 2:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from . import schema
+from . import schema, ui
 from .auth import Authenticator
 from .bookkeeping import Books
 from .completion import Completions
@@ -51,6 +51,7 @@ _EMBEDDINGS = OpenAIDialect("embeddings", schema.validate_embeddings)
 _MESSAGES = AnthropicDialect()
 _RESPONSES = ResponsesDialect()
 _ADMIN_ROUTE = ("GET", "POST", "PATCH", "DELETE")  # the admin API answers 405 itself
+_UI_ROUTE = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # /ui answers 405
 
 
 class EdgeApp:
@@ -126,6 +127,8 @@ class EdgeApp:
                 self.authenticate(req)  # every /v1/* answer needs a key, even a 404 or 405
             elif route is None and (path == "/admin" or path.startswith("/admin/")):
                 route = _ADMIN_ROUTE, self._admin
+            elif route is None and (path == "/ui" or path.startswith("/ui/")):
+                route = _UI_ROUTE, self._ui
             if route is None:
                 raise NotFound(f"Unknown path: {clip(path)}", code="unknown_url")
             methods, handler = route
@@ -243,6 +246,23 @@ class EdgeApp:
             await req.send({"type": "http.response.body", "body": b""})
         else:
             await send_json(req, status, payload, headers)
+
+    async def _ui(self, req: Request) -> None:
+        """`/ui`: the dashboard's static files, every answer with its security headers
+        (a 404 or 405 included, so no /ui response is ever framable or sniffable)."""
+        method = req.scope["method"]
+        extra: list[tuple[bytes, bytes]] = []
+        if method in ("GET", "HEAD"):
+            status, (content_type, body) = ui.lookup(req.scope["path"], self.auth.admin_enabled)
+        else:
+            status, content_type, body = 405, b"text/plain; charset=utf-8", b"Use GET.\n"
+            extra.append((b"allow", b"GET, HEAD"))
+        req.status = status
+        await req.send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", content_type), (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", req.request_id), *ui.HEADERS, *extra]})
+        req.finished = True
+        await req.send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
 
 def build_app(config: Config, metrics: Metrics | None = None) -> EdgeApp:

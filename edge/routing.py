@@ -159,6 +159,14 @@ class Router:
         return (not self.breakers[provider].blocked(time.monotonic())
                 and self._providers[provider].keys.usable())
 
+    def known_deployments(self) -> list[Deployment]:
+        """Every deployment of a listed model, and every other one a request has used: what
+        the dashboard shows (read off the request path; ordered by provider, model)."""
+        for name, _ in self.model_list():
+            self.groups(name)
+        return [self._deployment(self._providers[provider], model)
+                for provider, model in sorted(self._stats)]
+
     def model_list(self) -> list[tuple[str, str]]:
         """(model id, owner) pairs for GET /v1/models, in a stable order without repeats."""
         out: dict[str, str] = {}

@@ -34,6 +34,7 @@ from .pricing import PriceTable
 from .providers import Provider, make_provider
 from .ratelimit import RateLimiter
 from .routing import Router
+from .stats import Stats
 from .store import open_store
 from .store.base import StoreUnavailable, UsageRow, from_nano
 from .store.service import StoreService
@@ -137,12 +138,18 @@ class Edge:
         self.shared_spend = (None if self.cache.l2 is None else
                              RedisSpend(self.cache.l2, self.spend,
                                         prefix=config.cache.key_prefix + "budget:"))
-        self.admin = AdminAPI(self.store, self.auth, self.spend)
+        # The dashboard's reports (/admin/stats, /admin/providers), read by /ui.
+        self.stats = Stats(self.store, self.metrics, self.router, self.providers)
+        self.admin = AdminAPI(self.store, self.auth, self.spend, reports={
+            "stats": self.stats.report, "providers": self._providers_report})
         self._budgeted: list[KeyPolicy] = []
         self.ready = False
         self.draining = False
         log.add_secrets(k.secret for p in config.providers for k in p.keys)
         log.add_secrets(k.secret for k in config.auth.keys)
+
+    async def _providers_report(self, query_string: bytes) -> dict[str, object]:
+        return self.stats.providers_report()
 
     def record_usage(self, row: UsageRow) -> None:
         """Queue one ledger row for the store's batch writer; never waits. A full queue

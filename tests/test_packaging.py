@@ -37,6 +37,9 @@ def test_wheel_builds_from_sdist(tmp_path: Path) -> None:
     assert any(m.startswith("edge/_fastpath") and m.endswith(".so") for m in members)
     assert "edge/cli.py" in members
     assert "edge/py.typed" in members
+    # the dashboard's files, served from the installed package (edge/ui/__init__.py)
+    for name in ("index.html", "setup.html", "app.js", "app.css"):
+        assert f"edge/ui/{name}" in members, name
     entry_points = next(m for m in members if m.endswith("entry_points.txt"))
     with zipfile.ZipFile(wheel) as zf:
         assert "edge = edge.cli:main" in zf.read(entry_points).decode()

@@ -41,6 +41,7 @@ __all__ = [
     "StoreUnavailable",
     "StoredResponse",
     "UsageRow",
+    "UsageSummary",
     "from_nano",
     "to_nano",
 ]
@@ -135,6 +136,23 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """The ledger over [since, until) cut into buckets of `bucket_s` seconds: what the
+    dashboard charts (`usage_summary`).
+
+    `buckets` holds one dict per bucket that has rows, ordered by `bucket` (its number,
+    counting from `since`): `requests`, `hits_l1`, `hits_l2`, `errors` (status >= 400),
+    `cost_usd`, `saved_usd`. `errors_by_status` counts the window's error rows by status;
+    `p50_ms` and `p99_ms` are nearest-rank percentiles of `latency_ms` (None without rows).
+    """
+
+    buckets: list[dict[str, Any]]
+    errors_by_status: dict[int, int]
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredResponse:
     """A Responses API answer kept for follow-ups (SPEC §8), JSON as the caller encoded it:
     the response object, that request's own input items, and the whole conversation
@@ -218,6 +236,10 @@ class Backend(Protocol):
         Raises:
             ValueError: a `group_by` field outside `GROUP_FIELDS`.
         """
+
+    def usage_summary(self, since: float, until: float, bucket_s: float) -> UsageSummary:
+        """Rows with `since <= time < until` in `bucket_s`-second buckets, with the window's
+        error statuses and latency percentiles (see `UsageSummary`)."""
 
     def spend_by_key(self, windows: Mapping[str, float]) -> dict[str, float]:
         """For each key name, its `cost_usd` spent since its window start (epoch s)."""

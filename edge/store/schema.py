@@ -101,6 +101,8 @@ class Dialect:
     param: str
     #: an integer expression: the UTC day number (days since 1970-01-01) of column `ts`
     day_number: str
+    #: an integer expression with two parameters (start, width): the bucket number of `ts`
+    bucket_number: str = "CAST((ts - ?) / ? AS INTEGER)"
 
     def sql(self, text: str) -> str:
         """`text` with this dialect's types and parameter marks."""
@@ -110,5 +112,6 @@ class Dialect:
 
 SQLITE = Dialect("sqlite", "INTEGER", "REAL", "BLOB", "?", "CAST(ts / 86400 AS INTEGER)")
 POSTGRES = Dialect(
-    "postgres", "BIGINT", "DOUBLE PRECISION", "BYTEA", "%s", "CAST(floor(ts / 86400) AS BIGINT)"
+    "postgres", "BIGINT", "DOUBLE PRECISION", "BYTEA", "%s", "CAST(floor(ts / 86400) AS BIGINT)",
+    "CAST(floor((ts - ?) / ?) AS BIGINT)",
 )

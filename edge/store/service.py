@@ -62,6 +62,7 @@ from .base import (
     StoreError,
     StoreUnavailable,
     UsageRow,
+    UsageSummary,
 )
 
 __all__ = ["StoreService"]
@@ -259,6 +260,9 @@ class StoreService:
         key_name: str | None = None,
     ) -> list[dict[str, Any]]:
         return await self._call(self.backend.aggregate_usage, since, until, group_by, key_name)
+
+    async def usage_summary(self, since: float, until: float, bucket_s: float) -> UsageSummary:
+        return await self._call(self.backend.usage_summary, since, until, bucket_s)
 
     async def spend_by_key(self, windows: Mapping[str, float]) -> dict[str, float]:
         return await self._call(self.backend.spend_by_key, windows)

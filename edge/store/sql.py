@@ -15,6 +15,7 @@ processes starting at once upgrade it exactly once.
 from __future__ import annotations
 
 import datetime
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -30,6 +31,7 @@ from .base import (
     StoredResponse,
     StoreError,
     UsageRow,
+    UsageSummary,
     check_group_by,
     check_key_changes,
     from_nano,
@@ -46,6 +48,11 @@ _HITS = "SUM(CASE WHEN cache IN ('hit-l1', 'hit-l2') THEN 1 ELSE 0 END)"
 _TOTALS = (
     f"COUNT(*), {_HITS}, SUM(prompt_tokens), SUM(completion_tokens), "
     "SUM(cost_nusd), SUM(saved_nusd)"
+)
+_SUMMARY = (
+    "COUNT(*), SUM(CASE WHEN cache = 'hit-l1' THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN cache = 'hit-l2' THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), SUM(cost_nusd), SUM(saved_nusd)"
 )
 _MIGRATION_LOCK = 0x65646765  # "edge": the Postgres advisory lock held while upgrading
 
@@ -218,6 +225,31 @@ class SQLBackend:
         groups.sort(key=lambda g: tuple(_sort_key(g[f]) for f in fields))
         return groups
 
+    def usage_summary(self, since: float, until: float, bucket_s: float) -> UsageSummary:
+        if not bucket_s > 0:
+            raise ValueError(f"bucket_s must be > 0, got {bucket_s!r}")
+        d = self.dialect
+        window = (since, until)
+        with self._session(False) as cur:
+            cur.execute(d.sql(f"SELECT {d.bucket_number}, {_SUMMARY} FROM edge_usage "
+                              "WHERE ts >= ? AND ts < ? GROUP BY 1 ORDER BY 1"),
+                        (since, float(bucket_s), *window))
+            buckets = [_summary_bucket(row) for row in cur.fetchall()]
+            cur.execute(d.sql("SELECT status, COUNT(*) FROM edge_usage "
+                              "WHERE ts >= ? AND ts < ? AND status >= 400 GROUP BY status"),
+                        window)
+            by_status = {int(status): int(n) for status, n in cur.fetchall()}
+            count = sum(b["requests"] for b in buckets)
+            p50, p99 = (self._latency_rank(cur, window, _rank(q, count)) if count else None
+                        for q in (0.5, 0.99))
+        return UsageSummary(buckets, by_status, p50, p99)
+
+    def _latency_rank(self, cur: _Cursor, window: tuple[float, float], rank: int) -> float:
+        cur.execute(self.dialect.sql("SELECT latency_ms FROM edge_usage WHERE ts >= ? AND "
+                                     "ts < ? ORDER BY latency_ms LIMIT 1 OFFSET ?"),
+                    (*window, rank))
+        return float(cur.fetchone()[0])
+
     def spend_by_key(self, windows: Mapping[str, float]) -> dict[str, float]:
         text = self.dialect.sql(
             "SELECT COALESCE(SUM(cost_nusd), 0) FROM edge_usage WHERE key_name = ? AND ts >= ?"
@@ -342,6 +374,18 @@ def _usage_group(fields: tuple[str, ...], row: Sequence[Any]) -> dict[str, Any]:
         saved_usd=from_nano(int(saved)),
     )
     return group
+
+
+def _summary_bucket(row: Sequence[Any]) -> dict[str, Any]:
+    bucket, requests, l1, l2, errors, cost, saved = row
+    return {"bucket": int(bucket), "requests": int(requests), "hits_l1": int(l1),
+            "hits_l2": int(l2), "errors": int(errors), "cost_usd": from_nano(int(cost)),
+            "saved_usd": from_nano(int(saved))}
+
+
+def _rank(quantile: float, count: int) -> int:
+    """The 0-based index of the nearest-rank `quantile` among `count` sorted values."""
+    return max(0, math.ceil(quantile * count) - 1)
 
 
 def _day(number: int) -> str:
