@@ -558,7 +558,7 @@ def test_a_free_memory_store_is_written_on_the_spot_a_held_one_from_a_thread(
             trio.from_thread.run(release.wait)
 
     async def main() -> None:
-        service = StoreService(memory)
+        service = StoreService(memory, clock=lambda: T0)  # nothing of T0 expired
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
             nursery.start_soon(trio.to_thread.run_sync, hold)
