@@ -79,18 +79,13 @@ class Books:
         the answer is known (or cut); the tokens also against the tpm of the provider's key
         that was sent (`upstream_key`, of `dep`'s pool)."""
         edge = call.edge
-        limiter = edge.limiter
         key = call.req.key
-        tenant = call.req.tenant
-        if limiter.limited(tenant):
+        if key.budget_nano is not None or edge.limiter.limited(call.req.tenant):
             with shielded():
-                await limiter.charge(tenant, usage[0] + usage[1])
+                await edge.charge_key(key, usage[0] + usage[1], cost)
         if upstream_key is not None and upstream_key.tpm is not None and dep is not None:
             with shielded():
                 await dep.provider.keys.charge(upstream_key, usage[0] + usage[1])
-        if key.budget_nano is not None:
-            with shielded():
-                await edge.charge_spend(key, cost)
 
     def ledger(self, call: Call, status: int) -> None:
         """The request's row in the usage ledger (SPEC §7), queued for the store's writer."""

@@ -24,13 +24,13 @@ The request path asks two things:
 Where the counters live: `SpendCounters` in this process, seeded at start from the
 store's ledger (spend since each key's window start), so a durable store means a restart
 forgets nothing. `RedisSpend` keeps them in Redis instead, one string per (key name,
-window start) holding nano-USD, expiring at the window's end, read and added to by one
-Lua script (`BUDGET_LUA`) per call, so every worker and replica sharing the Redis enforces
-one budget. The script is built from `BUDGET_LUA_FUNCTION`, a Lua function definition that
-another script (edge.ratelimit's rpm/tpm script, say) can prepend to itself and call, so
-that a budget check and a rate-limit check ride in one round trip; `redis_key` and
-`script_args` give the KEYS/ARGV it takes. Redis being down never fails a request: the
-in-process counters, which shadow this process's own charges, decide instead.
+window start) holding nano-USD, expiring at the window's end, so every worker and replica
+sharing the Redis enforces one budget. Each read or add is one `budget_step` call
+(`edge.redis_scripts`): on its own (`BUDGET_LUA`, for a key with no rpm/tpm), or *riding*
+in the key's rpm/tpm script call (`read_with`, `charge(carry=...)`), so a key with limits
+and a budget pays one round trip at admission (which reads the spend the post-miss check
+uses) and one for the charge (tokens and nano-USD together). Redis being down never fails a
+request: the in-process counters, which shadow this process's own charges, decide instead.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from __future__ import annotations
 import calendar
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Protocol
 from .errors import BudgetExceeded
 from .l2 import L2Unavailable, RedisClient, RedisTier
 from .logs import log
+from .ratelimit import Ride
+from .redis_scripts import BUDGET_LUA, tagged
 from .store.base import from_nano, to_nano
 
 if TYPE_CHECKING:
@@ -54,10 +56,9 @@ if TYPE_CHECKING:
     from .store import StoreService
 
 __all__ = [
-    "BUDGET_LUA",
-    "BUDGET_LUA_FUNCTION",
     "PERIODS",
     "Budgeted",
+    "Carrier",
     "Refusal",
     "RedisSpend",
     "SpendCounters",
@@ -75,6 +76,10 @@ _EPOCH_MONDAY = 4  # 1970-01-01 was a Thursday: Monday is 4 days before it (mod 
 
 #: (spent_usd, budget_usd, resets_at epoch seconds or None for `total`)
 Refusal = tuple[float, float, float | None]
+
+#: Runs another counter's script with a budget `Ride` joined to it (`RateLimiter.admit` or
+#: `.charge`); the ride's answer, or None when Redis was not reached.
+Carrier = Callable[[Ride], Awaitable["int | None"]]
 
 
 class Budgeted(Protocol):
@@ -228,37 +233,10 @@ class SpendCounters:
 
 # -- Redis --------------------------------------------------------------------------------
 
-#: A Lua function for a script's prelude. budget_step(key, op, nano, expire_at):
-#: op "check" returns the spend in nano-USD (0 for a missing key); "charge" adds `nano`
-#: (a decimal string, so no double rounds it) and returns the new total; "seed" sets
-#: `nano` unless the key exists and returns the total. expire_at (epoch s, 0: never) is
-#: set on every write, so a window's key disappears when the window ends.
-BUDGET_LUA_FUNCTION = """
-local function budget_step(key, op, nano, expire_at)
-  if op == 'check' then
-    return tonumber(redis.call('GET', key) or '0')
-  end
-  local total
-  if op == 'charge' then
-    total = redis.call('INCRBY', key, nano)
-  else
-    redis.call('SET', key, nano, 'NX')
-    total = tonumber(redis.call('GET', key))
-  end
-  if expire_at > 0 then redis.call('EXPIREAT', key, expire_at) end
-  return total
-end
-"""
-
-#: KEYS[1]: `redis_key(...)`; ARGV: `script_args(...)`. Returns the spend in nano-USD.
-BUDGET_LUA = BUDGET_LUA_FUNCTION + """
-return budget_step(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))
-"""
-
-
 def redis_key(prefix: str, name: str, period: str, now: float) -> str:
-    """The Redis string holding `name`'s spend in the `period` window that holds `now`."""
-    return f"{prefix}{name}:{period}:{int(window(period, now)[0])}"
+    """The Redis string holding `name`'s spend in the `period` window that holds `now`
+    (the name a hash tag, as in the rpm/tpm hash of the same key, so the two share a slot)."""
+    return f"{tagged(prefix, name)}:{period}:{int(window(period, now)[0])}"
 
 
 def script_args(op: str, period: str, nano: int, now: float) -> list[str]:
@@ -291,7 +269,7 @@ class RedisSpend:
             return None
         at = self.local.now(now)
         try:
-            spent = await self._run(policy.name, policy.budget_period, "check", 0, at)
+            spent = await self._run(self.ride(policy.name, policy.budget_period, "check", 0, at))
         except L2Unavailable as exc:
             self._fall_back(exc)
             return self.local.refusal(policy, at)
@@ -301,28 +279,50 @@ class RedisSpend:
         end = window(policy.budget_period, at)[1]
         return from_nano(spent), from_nano(budget), end
 
-    async def charge(self, policy: Budgeted, usd: float, now: float | None = None) -> int:
-        """Add the cost in Redis (and to the local shadow); the window's new total (nano)."""
+    async def read_with(self, policy: Budgeted, carry: Carrier,
+                        now: float | None = None) -> None:
+        """Read the key's spend in the round trip `carry` makes anyway (the rpm/tpm
+        admission) into the local counter, where `local.refusal` then finds it with no
+        round trip of its own. Redis not reached: the local counter stays as it is, which
+        is the fallback's number."""
+        at = self.local.now(now)
+        spent = await carry(self.ride(policy.name, policy.budget_period, "check", 0, at))
+        if spent is not None:
+            self._degraded = False
+            self.local.set(policy.name, policy.budget_period, spent, at)
+
+    async def charge(self, policy: Budgeted, usd: float, now: float | None = None,
+                     carry: Carrier | None = None) -> int:
+        """Add the cost in Redis (and to the local shadow), in a round trip of its own or in
+        the one `carry` makes (the tpm charge); the window's new total (nano)."""
         at = self.local.now(now)
         nano = to_nano(usd)
         total = self.local.add(policy.name, policy.budget_period, nano, at)
+        ride = self.ride(policy.name, policy.budget_period, "charge", nano, at)
         try:
-            total = await self._run(policy.name, policy.budget_period, "charge", nano, at)
+            counted = await (self._run(ride) if carry is None else carry(ride))
         except L2Unavailable as exc:
             self._fall_back(exc)
             return total
-        self.local.set(policy.name, policy.budget_period, total, at)
-        return total
+        if counted is None:  # the carrier did not reach Redis (and said so)
+            return total
+        self.local.set(policy.name, policy.budget_period, counted, at)
+        return counted
 
     async def seed(self, spent: Mapping[str, tuple[str, float]], now: float) -> None:
         """Give Redis the store's numbers ({name: (period, usd)}) for windows it lacks."""
         for name, (period, usd) in spent.items():
             try:
-                total = await self._run(name, period, "seed", to_nano(usd), now)
+                total = await self._run(self.ride(name, period, "seed", to_nano(usd), now))
             except L2Unavailable as exc:
                 self._fall_back(exc)
                 return
             self.local.set(name, period, total, now)
+
+    def ride(self, name: str, period: str, op: str, nano: int, now: float) -> Ride:
+        """The key and ARGV of one `budget_step` call on `name`'s window holding `now`."""
+        return (redis_key(self.prefix, name, period, now),
+                script_args(op, period, nano, now))
 
     def _fall_back(self, exc: Exception) -> None:
         if not self._degraded:
@@ -330,9 +330,8 @@ class RedisSpend:
             log.warning("budgets: Redis unavailable; counting spend per process until it is "
                         "back", reason=str(exc))
 
-    async def _run(self, name: str, period: str, op: str, nano: int, now: float) -> int:
-        key = redis_key(self.prefix, name, period, now)
-        args = script_args(op, period, nano, now)
+    async def _run(self, ride: Ride) -> int:
+        key, args = ride
 
         def run(client: RedisClient) -> int:
             script = self._script

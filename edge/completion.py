@@ -96,7 +96,7 @@ class Completions:
         req.endpoint = dialect.endpoint
         edge = self.service()
         if edge.limiter.limited(req.tenant):
-            await edge.limiter.admit(req.tenant)
+            await edge.admit(req.key)  # with a budget, its spend is read in the same trip
         raw = await read_body(req, self.max_body, self.body_timeout)
         body = schema.parse_object(raw)
         model = dialect.validate(body)

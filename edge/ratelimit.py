@@ -22,14 +22,17 @@ most 60 buckets per kind, whatever the traffic, so memory per key is bounded.
   completion). Cache hits are never charged.
 
 Where the counters live: in this process when no Redis tier is given. With a tier, the
-window of each key is one Redis hash, ``{prefix}{name}``, updated by one Lua script per
-call (one round trip, atomic, so every replica and worker sharing the Redis enforces one
-limit together). The hash holds a field per bucket and kind (``r<second>``, ``t<second>``),
-running totals (``rn``, ``tn``) and the oldest bucket that may hold data (``h``); a call
-first drops the buckets that left the window, subtracting them from the totals, so its
-cost is bounded by the window, not by the traffic. The hash expires 62 s after its last
-write. With Redis the clock is Redis's own (``TIME``; Redis 5 or later, whose scripts
-replicate their effects), so replicas need not agree on time; a test may pass `now`.
+window of each key is one Redis hash, ``{prefix}{{name}}`` (the name a hash tag), updated
+by one Lua script per call (`edge.redis_scripts.LIMITS_LUA`: one round trip, atomic, so
+every replica and worker sharing the Redis enforces one limit together). A *ride*, a
+budget counter under the same hash tag, can join that call, so a key's budget is read at
+admission and charged with its tokens in the same round trips. The hash holds a field per
+bucket and kind (``r<second>``, ``t<second>``), running totals (``rn``, ``tn``) and the
+oldest bucket that may hold data (``h``); a call first drops the buckets that left the
+window, subtracting them from the totals, so its cost is bounded by the window, not by
+the traffic. The hash expires 62 s after its last write. With Redis the clock is Redis's
+own (``TIME``; Redis 5 or later, whose scripts replicate their effects), so replicas need
+not agree on time; a test may pass `now`.
 
 Redis being down never fails a request: on `L2Unavailable` the call is decided by the
 in-process window instead, and one warning is logged per outage. The in-process window
@@ -55,8 +58,13 @@ from redis.commands.core import Script
 from .errors import RateLimited
 from .l2 import L2Unavailable, RedisClient, RedisTier
 from .logs import log
+from .redis_scripts import LIMITS_LUA, WINDOW_S, tagged
 
-__all__ = ["WINDOW_S", "Limits", "RateLimiter", "SlidingWindow"]
+__all__ = ["WINDOW_S", "Limits", "RateLimiter", "Ride", "SlidingWindow"]
+
+#: A counter that rides along in the same script call: (its Redis key, which must carry
+#: the limited key's hash tag, and its `budget_step` ARGV; see `edge.redis_scripts`).
+Ride = tuple[str, Sequence[str]]
 
 
 class Limits(Protocol):
@@ -68,110 +76,6 @@ class Limits(Protocol):
     def rpm(self) -> int | None: ...
     @property
     def tpm(self) -> int | None: ...
-
-#: Length of the rolling window, seconds. Buckets are one second wide.
-WINDOW_S = 60
-#: Seconds the Redis hash outlives its last write (one bucket plus a second of slack).
-_KEY_TTL_S = WINDOW_S + 2
-
-# KEYS[1]: the key's window hash.
-# ARGV[1]: now in seconds (a negative value: use Redis TIME), ARGV[2]: "admit" or "charge",
-# ARGV[3]: rpm (0: none), ARGV[4]: tpm (0: none), ARGV[5]: tokens to charge,
-# ARGV[6]: n, then n triples (kind "r" or "t", age in whole seconds, amount): counts made
-# while Redis was away, added first, into the bucket that many seconds before this one.
-# Returns {1, 0} when admitted or charged, {0, wait_ms} when refused.
-_LUA = """
-local key = KEYS[1]
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local window = __WINDOW__
-local cur = math.floor(now)
-local first = cur - window + 1
-local h = redis.call('HGET', key, 'h')
-local head = first
-if h then head = tonumber(h) end
-if head < first then
-  if first - head >= window then
-    redis.call('DEL', key)
-  else
-    local rn = tonumber(redis.call('HGET', key, 'rn') or '0')
-    local tn = tonumber(redis.call('HGET', key, 'tn') or '0')
-    for b = head, first - 1 do
-      local r = redis.call('HGET', key, 'r' .. b)
-      if r then rn = rn - tonumber(r) end
-      local t = redis.call('HGET', key, 't' .. b)
-      if t then tn = tn - tonumber(t) end
-      redis.call('HDEL', key, 'r' .. b, 't' .. b)
-    end
-    redis.call('HSET', key, 'rn', rn, 'tn', tn, 'h', first)
-  end
-  head = first
-end
--- Writes go to this second's bucket, or to `head` if the clock stepped back past it, so
--- every bucket stays within head .. head + window, where expiry and free_at look.
-local wb = math.max(cur, head)
-
-local unsent = tonumber(ARGV[6] or '0')
-for i = 0, unsent - 1 do
-  local kind = ARGV[7 + 3 * i]
-  local b = math.min(cur - tonumber(ARGV[8 + 3 * i]), wb)
-  local amount = tonumber(ARGV[9 + 3 * i])
-  if b >= first then
-    if b < head then head = b end
-    redis.call('HINCRBY', key, kind .. b, amount)
-    redis.call('HINCRBY', key, kind .. 'n', amount)
-  end
-end
-if unsent > 0 then
-  redis.call('HSET', key, 'h', head)
-  redis.call('EXPIRE', key, __TTL__)
-end
-
-if ARGV[2] == 'charge' then
-  local tokens = tonumber(ARGV[5])
-  redis.call('HINCRBY', key, 't' .. wb, tokens)
-  redis.call('HINCRBY', key, 'tn', tokens)
-  redis.call('HSET', key, 'h', head)
-  redis.call('EXPIRE', key, __TTL__)
-  return {1, 0}
-end
-
-local rpm = tonumber(ARGV[3])
-local tpm = tonumber(ARGV[4])
-local function free_at(kind, total, limit)
-  -- the end of the bucket whose expiry brings `total` under `limit`
-  for b = head, head + window - 1 do
-    local v = redis.call('HGET', key, kind .. b)
-    if v then
-      total = total - tonumber(v)
-      if total < limit then return b + window - now end
-    end
-  end
-  return cur + window - now
-end
-local wait = 0
-if tpm > 0 then
-  local tn = tonumber(redis.call('HGET', key, 'tn') or '0')
-  if tn >= tpm then wait = math.max(wait, free_at('t', tn, tpm)) end
-end
-if rpm > 0 then
-  local rn = tonumber(redis.call('HGET', key, 'rn') or '0')
-  if rn >= rpm then wait = math.max(wait, free_at('r', rn, rpm)) end
-end
-if wait > 0 then
-  return {0, math.ceil(wait * 1000)}
-end
-if rpm > 0 then
-  redis.call('HINCRBY', key, 'r' .. wb, 1)
-  redis.call('HINCRBY', key, 'rn', 1)
-  redis.call('HSET', key, 'h', head)
-  redis.call('EXPIRE', key, __TTL__)
-end
-return {1, 0}
-""".replace("__WINDOW__", str(WINDOW_S)).replace("__TTL__", str(_KEY_TTL_S))
 
 
 class SlidingWindow:
@@ -298,8 +202,17 @@ class RateLimiter:
         """True when `key_name` has an rpm or tpm limit (else admit/charge do nothing)."""
         return key_name in self._limits
 
-    async def admit(self, key_name: str, now: float | None = None) -> None:
-        """Count one request for `key_name`, or refuse it.
+    def charges(self, key_name: str, tokens: int) -> bool:
+        """True when `charge(key_name, tokens)` makes a Redis call (a ride can join it)."""
+        local = self._limits.get(key_name)
+        return (self._tier is not None and local is not None and local.tpm is not None
+                and tokens > 0)
+
+    async def admit(self, key_name: str, now: float | None = None,
+                    ride: Ride | None = None) -> int | None:
+        """Count one request for `key_name`, or refuse it. With `ride`, the same script
+        call runs its `budget_step` once the request is admitted: its answer is returned
+        (None when Redis was not reached, or without a ride).
 
         Raises:
             RateLimited: the key's requests in the window reached `rpm`, or its tokens
@@ -307,17 +220,17 @@ class RateLimiter:
         """
         local = self._limits.get(key_name)
         if local is None:
-            return
+            return None
         if self._tier is not None:
             try:
-                allowed, wait_ms = await self._redis(local, "admit", now, 0)
+                allowed, wait_ms, rode = await self._redis(local, "admit", now, 0, ride)
             except L2Unavailable as exc:
                 self._fall_back(exc)
             else:
                 self._degraded = False
                 if allowed:
                     local.shadow(self._now(now))
-                    return
+                    return rode
                 self._refuse(local, wait_ms / 1000.0)
         at = self._now(now)
         wait = local.admit(at)
@@ -325,22 +238,28 @@ class RateLimiter:
             self._refuse(local, wait)
         if self._tier is not None and local.rpm is not None:
             local.unsent_requests.add(at, 1)
+        return None
 
-    async def charge(self, key_name: str, tokens: int, now: float | None = None) -> None:
-        """Add the `tokens` an upstream answer used (prompt + completion) to the key's window."""
+    async def charge(self, key_name: str, tokens: int, now: float | None = None,
+                     ride: Ride | None = None) -> int | None:
+        """Add the `tokens` an upstream answer used (prompt + completion) to the key's
+        window; with `ride` (only when `charges` says so), run its `budget_step` in the
+        same call and return its answer (None when Redis was not reached)."""
         local = self._limits.get(key_name)
         if local is None or local.tpm is None or tokens <= 0:
-            return
+            return None
         at = self._now(now)
         local.tokens.add(at, tokens)
-        if self._tier is not None:
-            try:
-                await self._redis(local, "charge", now, tokens)
-            except L2Unavailable as exc:
-                self._fall_back(exc)
-                local.unsent_tokens.add(at, tokens)
-            else:
-                self._degraded = False
+        if self._tier is None:
+            return None
+        try:
+            rode = (await self._redis(local, "charge", now, tokens, ride))[2]
+        except L2Unavailable as exc:
+            self._fall_back(exc)
+            local.unsent_tokens.add(at, tokens)
+            return None
+        self._degraded = False
+        return rode
 
     # -- internals -------------------------------------------------------------------
 
@@ -365,10 +284,10 @@ class RateLimiter:
             log.warning("rate limits: Redis unavailable; enforcing them per process until it "
                         "is back", reason=str(exc))
 
-    async def _redis(self, local: _Local, op: str, now: float | None,
-                     tokens: int) -> tuple[bool, int]:
+    async def _redis(self, local: _Local, op: str, now: float | None, tokens: int,
+                     ride: Ride | None) -> tuple[bool, int, int | None]:
         assert self._tier is not None
-        key = self._prefix + local.name
+        keys = [tagged(self._prefix, local.name)]
         args: list[str | int] = [repr(-1.0 if now is None else float(now)), op, local.rpm or 0,
                                  local.tpm or 0, tokens, 0]
         # Taken out for this call, so a concurrent call cannot send them a second time.
@@ -380,19 +299,23 @@ class RateLimiter:
                 for age, amount in window.snapshot(at):
                     args += [kind, age, amount]
             args[5] = (len(args) - 6) // 3
+        unsent_count = args[5]
+        if ride is not None:
+            keys.append(ride[0])
+            args += ride[1]
 
-        def run(client: RedisClient) -> tuple[bool, int]:
+        def run(client: RedisClient) -> tuple[bool, int, int | None]:
             script = self._script
             if script is None:
                 # Script runs EVALSHA and loads the source on NOSCRIPT (a restarted Redis).
-                script = self._script = client.register_script(_LUA)
-            allowed, wait_ms = script(keys=[key], args=args, client=client)
-            return bool(allowed), int(wait_ms)
+                script = self._script = client.register_script(LIMITS_LUA)
+            allowed, wait_ms, rode = script(keys=keys, args=args, client=client)
+            return bool(allowed), int(wait_ms), None if ride is None else int(rode)
 
         try:
             return await self._tier.call(run)
         except BaseException:  # L2Unavailable or cancelled: maybe never reached Redis
-            if args[5]:  # not in Redis after all: keep them for the next call that gets through
+            if unsent_count:  # not in Redis after all: kept for the next call that gets in
                 local.unsent_requests = unsent[0].merged(local.unsent_requests)
                 local.unsent_tokens = unsent[1].merged(local.unsent_tokens)
             raise

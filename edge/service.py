@@ -182,23 +182,46 @@ class Edge:
                                                                       now))
                            for p in self._budgeted}, now)
 
+    async def admit(self, policy: KeyPolicy) -> None:
+        """Count the request against its key's rpm/tpm (call only for a limited key). With
+        L2 on and a budget, the same round trip reads the key's spend for `budget_refusal`.
+
+        Raises:
+            RateLimited: the key is at its rpm or tpm.
+        """
+        limiter, shared = self.limiter, self.shared_spend
+        name = policy.name
+        if shared is None or policy.budget_nano is None:
+            await limiter.admit(name)
+            return
+        await shared.read_with(policy, lambda ride: limiter.admit(name, ride=ride))
+
     async def budget_refusal(self, policy: KeyPolicy) -> Refusal | None:
-        """None while `policy`'s key may spend (call only for a key with a budget)."""
+        """None while `policy`'s key may spend (call only for a key with a budget). A key
+        with rpm/tpm had its spend read at admission (`admit`): no round trip here."""
         shared = self.shared_spend
-        if shared is not None:
+        if shared is not None and not self.limiter.limited(policy.name):
             return await shared.refusal(policy)
         return self.spend.refusal(policy)
 
-    async def charge_spend(self, policy: KeyPolicy, usd: float) -> None:
-        """Add an answer's cost to its key's budget window and to `llm_edge_key_spend_usd`."""
-        shared = self.shared_spend
-        if shared is not None:
-            nano = await shared.charge(policy, usd)
+    async def charge_key(self, policy: KeyPolicy, tokens: int, usd: float) -> None:
+        """An answer's tokens against its key's tpm and its cost against its budget window
+        (and `llm_edge_key_spend_usd`); one Redis round trip for both when both are on."""
+        limiter, shared = self.limiter, self.shared_spend
+        name = policy.name
+        if policy.budget_nano is None:
+            await limiter.charge(name, tokens)
+            return
+        if shared is not None and limiter.charges(name, tokens):
+            nano = await shared.charge(
+                policy, usd, carry=lambda ride: limiter.charge(name, tokens, ride=ride))
         else:
-            nano = self.spend.charge(policy, usd)
+            await limiter.charge(name, tokens)
+            nano = (self.spend.charge(policy, usd) if shared is None
+                    else await shared.charge(policy, usd))
         m = self.metrics
-        label = m.key_label(policy.name)
-        if label == policy.name:
+        label = m.key_label(name)
+        if label == name:
             m.child(m.key_spend, label).set(from_nano(nano))
         else:
             m.child(m.key_spend, label).inc(usd)  # keys past the cap: their sum

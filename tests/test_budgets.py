@@ -12,17 +12,20 @@ import pytest
 import redis
 import trio
 from _redis import RedisServer
+from redis.crc import key_slot
 
 from edge.auth import KeyPolicy
 from edge.budgets import (
-    BUDGET_LUA,
     RedisSpend,
     SpendCounters,
     budget_error,
     redis_key,
     window,
 )
+from edge.errors import RateLimited
 from edge.l2 import RedisTier
+from edge.ratelimit import RateLimiter
+from edge.redis_scripts import BUDGET_LUA, BUDGET_STEP, LIMITS_LUA, WINDOW_STEP
 from edge.store import KeyRecord, StoreService, UsageRow, open_store
 
 HANG_GUARD = 20.0
@@ -33,8 +36,10 @@ def ts(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-def policy(name: str = "team-a", budget: float | None = 1.0, period: str = "total") -> KeyPolicy:
-    return KeyPolicy(name=name, source="config", budget_usd=budget, budget_period=period)
+def policy(name: str = "team-a", budget: float | None = 1.0, period: str = "total",
+           rpm: int | None = None, tpm: int | None = None) -> KeyPolicy:
+    return KeyPolicy(name=name, source="config", budget_usd=budget, budget_period=period,
+                     rpm=rpm, tpm=tpm)
 
 
 @pytest.mark.parametrize(("period", "now", "start", "end"), [
@@ -244,7 +249,74 @@ async def test_redis_down_falls_back_to_this_process_counters(
         assert await spend.refusal(key, now) == (0.002, 0.002, None)
 
 
-def test_the_budget_script_is_a_function_another_script_can_prepend() -> None:
-    assert BUDGET_LUA.lstrip().startswith("local function budget_step(")
-    assert BUDGET_LUA.rstrip().endswith("return budget_step(KEYS[1], ARGV[1], ARGV[2], "
-                                        "tonumber(ARGV[3]))")
+def test_the_scripts_are_built_from_one_copy_of_each_function() -> None:
+    assert BUDGET_LUA.startswith(BUDGET_STEP)
+    assert LIMITS_LUA.startswith(BUDGET_STEP + WINDOW_STEP)
+    for script in (BUDGET_LUA, LIMITS_LUA):
+        assert script.count("local function budget_step(") == 1
+    assert LIMITS_LUA.count("local function window_step(") == 1
+
+
+def script_calls(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+async def test_a_budget_rides_in_the_rate_limit_calls(redis_server: RedisServer) -> None:
+    now = time.time()
+    start, resets = window("1d", now)
+    key = policy("team-a", 0.000_003, "1d", rpm=2, tpm=1000)
+    async with running_tier(redis_server.url) as tier:
+        limiter = RateLimiter([key], tier, key_prefix="r:rl:")
+        spend = RedisSpend(tier, SpendCounters(), prefix="r:budget:")
+        other = RedisSpend(tier, SpendCounters(), prefix="r:budget:")  # another replica
+        await other.charge(key, 0.000_001_5, now)  # loads BUDGET_LUA, spends 1500 nano
+        await limiter.admit("team-a")  # loads LIMITS_LUA
+        before = script_calls(redis_server.url)
+
+        # the admission reads the spend: the check after a miss needs no trip of its own
+        await spend.read_with(key, lambda ride: limiter.admit("team-a", ride=ride), now)
+        assert spend.local.refusal(key, now) is None
+        assert spend.local.spent("team-a", "1d", now) == 0.000_001_5
+        # the charge: tokens and nano-USD in one call
+        assert limiter.charges("team-a", 40)
+        total = await spend.charge(
+            key, 0.000_001_5, now, carry=lambda ride: limiter.charge("team-a", 40, ride=ride))
+        assert total == 3000
+        assert script_calls(redis_server.url) - before == 2
+
+        # a refused admission reads nothing and counts nothing
+        with pytest.raises(RateLimited):
+            await spend.read_with(key, lambda ride: limiter.admit("team-a", ride=ride), now)
+        assert await other.refusal(key, now) == (0.000_003, 0.000_003, resets)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        budget_name = redis_key("r:budget:", "team-a", "1d", now)
+        assert budget_name == f"r:budget:{{team-a}}:1d:{int(start)}"
+        assert key_slot(budget_name.encode()) == key_slot(b"r:rl:{team-a}")
+        assert client.get(budget_name) == b"3000"
+        assert client.hget("r:rl:{team-a}", "tn") == b"40"
+        assert client.hget("r:rl:{team-a}", "rn") == b"2"  # the refused one is not counted
+    finally:
+        client.close()
+
+
+async def test_redis_down_under_a_ride_falls_back_to_this_process(
+        redis_server: RedisServer) -> None:
+    now = time.time()
+    key = policy("team-a", 0.000_002, "1d", rpm=100, tpm=1000)
+    async with running_tier(redis_server.url) as tier:
+        limiter = RateLimiter([key], tier, key_prefix="f:rl:")
+        spend = RedisSpend(tier, SpendCounters(), prefix="f:budget:")
+        await spend.read_with(key, lambda ride: limiter.admit("team-a", ride=ride), now)
+        await spend.charge(key, 0.000_001, now,
+                           carry=lambda ride: limiter.charge("team-a", 10, ride=ride))
+        redis_server.kill()
+        await spend.read_with(key, lambda ride: limiter.admit("team-a", ride=ride), now)
+        assert await spend.charge(
+            key, 0.000_001, now, carry=lambda ride: limiter.charge("team-a", 10, ride=ride)
+        ) == 2000  # counted here
+        assert spend.local.refusal(key, now) == (0.000_002, 0.000_002, window("1d", now)[1])

@@ -262,7 +262,7 @@ async def test_limits_are_per_key_and_unlimited_keys_do_no_work(make_limiter: Fa
     await limiter.admit("other", now=T0)  # another key's limit is its own
     if make_limiter.backend == "redis":  # type: ignore[attr-defined]
         prefix = make_limiter.prefix  # type: ignore[attr-defined]
-        assert stored_keys(make_limiter.url, prefix) == [f"{prefix}other", f"{prefix}team"]  # type: ignore[attr-defined]
+        assert stored_keys(make_limiter.url, prefix) == [f"{prefix}{{other}}", f"{prefix}{{team}}"]  # type: ignore[attr-defined]
 
 
 async def test_charges_of_nothing_are_ignored(make_limiter: Factory) -> None:
@@ -336,9 +336,9 @@ async def test_redis_clock_is_used_without_now(shared_redis: RedisServer) -> Non
         assert 50.0 < error.retry_after <= 60.0  # wide: a loaded machine may stall between calls
     client = redis.Redis.from_url(shared_redis.url)
     try:
-        ttl = client.ttl(f"{prefix}team")
+        ttl = client.ttl(f"{prefix}{{team}}")
         assert 0 < ttl <= WINDOW_S + 2  # an idle key's window disappears by itself
-        fields = client.hgetall(f"{prefix}team")
+        fields = client.hgetall(f"{prefix}{{team}}")
     finally:
         client.close()
     assert fields[b"rn"] == b"2"
@@ -363,7 +363,7 @@ async def test_redis_down_falls_back_to_the_process_window(
         await eventually(lambda: tier.healthy)
         # back on the (now empty) Redis: the window lives there again
         await limiter.admit("team", now=T0 + 5)
-        assert stored_keys(redis_server.url, prefix) == [f"{prefix}team"]
+        assert stored_keys(redis_server.url, prefix) == [f"{prefix}{{team}}"]
         redis_server.kill()
         await refused(limiter, "team", T0 + 6)  # the process window kept counting
     assert fallbacks(log_lines()) == 2
@@ -407,7 +407,7 @@ async def test_admissions_while_redis_was_frozen_count_once_it_is_back(
         assert waits == pytest.approx([WINDOW_S - 4 - i for i in range(5)], abs=1e-3)
         client = redis.Redis.from_url(redis_server.url)
         try:
-            fields = client.hgetall(f"{prefix}team")
+            fields = client.hgetall(f"{prefix}{{team}}")
         finally:
             client.close()
         assert int(fields[b"tn"]) == 995
