@@ -24,7 +24,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import httpx
 
 from benchmarks.drivers import CHAT_BODY, CHAT_PATH
 from benchmarks.overhead import EDGE_CONFIG, RESPONSES_BODY, RESPONSES_PATH
+from benchmarks.services import free_port, http_call
 
 MODES = {
     "chat-hit": (CHAT_PATH, CHAT_BODY, False),
@@ -45,24 +45,18 @@ MODES = {
 _TOTALS = re.compile(rb"^(?:totals|summary):\s*(\d+)", re.M)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, deadline: float) -> None:
-    """Poll until `url` answers at all (the mock asks for a key: 401 is ready)."""
+def wait_answering(port: int, path: str, deadline: float) -> None:
+    """Poll until `path` answers at all (the mock asks for a key: 401 is ready); unlike
+    `services.wait_ready`, no `Service` owns these processes (valgrind wraps edge)."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         try:
-            if httpx.get(url, timeout=5).status_code < 500:
+            if http_call(port, "GET", path, timeout=5.0)[0] < 500:
                 return
-        except httpx.HTTPError:
-            pass
+        except OSError:
+            pass  # not listening yet
         time.sleep(0.2)
-    raise SystemExit(f"not ready: {url}")
+    raise SystemExit(f"not ready: 127.0.0.1:{port}{path}")
 
 
 def dumped_total(outdir: Path, before: set[Path]) -> int:
@@ -99,8 +93,8 @@ def count(mode: str, args: argparse.Namespace, workdir: Path) -> tuple[float, fl
          "--log-level", "warning"],
         env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
-        wait_ready(f"http://127.0.0.1:{mock_port}/v1/models", 30)
-        wait_ready(f"http://127.0.0.1:{edge_port}/health", 600)
+        wait_answering(mock_port, "/v1/models", 30)
+        wait_answering(edge_port, "/health", 600)  # valgrind starts python 50x slower
         headers = {"content-type": "application/json"}
         if miss:
             headers["cache-control"] = "no-store"
