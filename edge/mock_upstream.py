@@ -476,18 +476,20 @@ def _embedding(key: bytes, dimensions: int) -> list[float]:
 class _Stats:
     """Counters behind `/mock/stats`; `in_flight` is live and survives a reset."""
 
-    __slots__ = ("by_path", "disconnects", "in_flight", "requests")
+    __slots__ = ("by_path", "connections", "disconnects", "in_flight", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
         self.by_path: dict[str, int] = {}
         self.disconnects = 0
         self.in_flight = 0
+        self.connections = 0  # accepted: how well a client reuses its keep-alive connections
 
     def reset(self) -> None:
         self.requests = 0
         self.by_path = {}
         self.disconnects = 0
+        self.connections = 0
 
     def snapshot(self) -> bytes:
         return orjson.dumps(
@@ -496,6 +498,7 @@ class _Stats:
                 "by_path": self.by_path,
                 "disconnects": self.disconnects,
                 "in_flight": self.in_flight,
+                "connections": self.connections,
             }
         )
 
@@ -1378,6 +1381,7 @@ async def serve_mock(
     responder = _Responder(options, _Stats())
 
     async def handle(stream: trio.SocketStream) -> None:
+        responder.stats.connections += 1
         try:
             await _Connection(stream, responder).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
@@ -1391,6 +1395,9 @@ async def serve_mock(
 
 def run(options: MockOptions) -> int:
     """Serve in the foreground until SIGINT or SIGTERM; the exit status for the CLI."""
+    from . import collector
+
+    collector.tune()  # a server process, holding thousands of paced streams in benchmarks
     status = 0
 
     async def main() -> None:
@@ -1399,6 +1406,7 @@ def run(options: MockOptions) -> int:
             async with trio.open_nursery() as nursery:
                 try:
                     port = await nursery.start(serve_mock, options)
+                    collector.freeze_startup()
                 except OSError as exc:
                     print(
                         f"Error: cannot listen on {options.host}:{options.port}: {exc}",

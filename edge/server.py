@@ -37,6 +37,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from prometheus_client.multiprocess import mark_process_dead
 
+from . import collector
 from .app import EdgeApp, build_app
 from .config import Config, load_config
 from .http1 import install as install_http1
@@ -167,6 +168,7 @@ async def serve(
             log.info("metrics listening", binds=mbinds)
         log.info("edge listening", binds=binds, version=_version(),
                  providers=[p.name for p in config.providers])
+        collector.freeze_startup()
         task_status.started(binds)
     log.info("edge stopped")
 
@@ -180,6 +182,7 @@ def _version() -> str:
 def run(config: Config, load_args: Mapping[str, Any] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, in this process or in `config.server.workers` processes."""
     if config.server.workers <= 1:
+        collector.tune()
         try:
             trio.run(partial(serve, config))
         except OSError as exc:
@@ -315,5 +318,6 @@ def _worker_main(load_args: dict[str, Any], sockets: tuple[Sockets, Sockets | No
             nursery.start_soon(by_event)
             nursery.start_soon(by_signal)
 
+    collector.tune()
     trio.run(partial(serve, config, shutdown_trigger=trigger, sockets=sockets,
                      metrics_dir=metrics_dir))
