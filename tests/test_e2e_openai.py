@@ -282,6 +282,24 @@ def test_stream_closed_before_first_chunk_fails_over(stack) -> None:
     assert mock.stats()["requests"] == before + 2  # retried: nothing had reached the client
 
 
+def test_completed_streams_keep_their_upstream_connection(stack) -> None:
+    """A stream read to its [DONE] hands its connection back for the next request, rather
+    than costing the provider a new connection (and a TLS handshake) per stream. (The
+    mock sends a stream's chunked terminator in a write after its last event.)"""
+    edge, mock = stack
+    with httpx.Client(base_url=mock.url) as stats:  # one kept-alive connection of its own
+        before = stats.get("/mock/stats").json()["connections"]
+        for i in range(4):
+            body = {"model": "gpt-4o", "stream": True,
+                    "messages": [{"role": "user", "content": f"keep-alive {i}"}]}
+            with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json=body) as response:
+                assert response.read().decode().rstrip().endswith("data: [DONE]")
+        opened = stats.get("/mock/stats").json()["connections"] - before
+    # One new connection at most (the pool may hold none yet), and one more should a
+    # request win the race against the connection being handed back.
+    assert opened <= 2
+
+
 def test_client_disconnect_closes_upstream(stack) -> None:
     edge, mock = stack
     before = mock.stats()["disconnects"]

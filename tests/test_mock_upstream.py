@@ -791,6 +791,8 @@ async def test_stats_and_reset(base_url: str, client: httpx.AsyncClient) -> None
     await client.post("/v1/embeddings", json={"model": "e", "input": "x"})
     await client.get("/v1/nothing")
     counted = await stats(base_url)
+    # the test's client kept one connection alive; `stats` opens one of its own
+    assert counted.pop("connections") == 2
     assert counted == {
         "requests": 4,
         "by_path": {"/v1/chat/completions": 2, "/v1/embeddings": 1, "/v1/nothing": 1},
@@ -800,7 +802,8 @@ async def test_stats_and_reset(base_url: str, client: httpx.AsyncClient) -> None
     reset = await client.post("/mock/reset")
     assert reset.status_code == 200
     assert reset.json()["requests"] == 0
-    assert await stats(base_url) == {"requests": 0, "by_path": {}, "disconnects": 0, "in_flight": 0}
+    assert await stats(base_url) == {"requests": 0, "by_path": {}, "disconnects": 0, "in_flight": 0,
+                                     "connections": 1}
     assert (await client.get("/mock/reset")).status_code == 405
 
 

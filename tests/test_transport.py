@@ -704,3 +704,65 @@ async def test_works_under_async_client() -> None:
         async with client.stream("GET", "/stream") as streamed:
             assert [chunk async for chunk in streamed.aiter_bytes()] == [b"GET /stream "]
         assert server.accepts == 1
+
+
+# ------------------------------------------------------- finishing a stream read in part
+
+
+def chunked_stream(tail: list[h11.Event]) -> Handler:
+    """Answer each request with a chunked body: an event, then `tail` in writes of its own
+    once the client has read the event (as an SSE upstream sends its terminator)."""
+
+    async def handler(server: Upstream, stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        while await peer.request() is not None:
+            await peer.send(h11.Response(status_code=200, headers=[]), h11.Data(data=b"last"))
+            await server.release.wait()
+            for event in tail:
+                await peer.send(event)
+            if not tail:
+                await trio.sleep_forever()
+
+    return handler
+
+
+async def read_first_then_finish(transport: LeanTransport, server: Upstream,
+                                 wait_s: float) -> None:
+    timeouts = SHORT | {"read": DEADLINE}
+    response = await transport.handle_async_request(
+        httpx.Request("GET", f"{server.url}/sse", extensions={"timeout": timeouts}))
+    body = response.stream.__aiter__()  # type: ignore[union-attr]
+    assert await body.__anext__() == b"last"
+    server.release.set()
+    await response.stream.finish(wait_s)  # type: ignore[union-attr]
+    await response.aclose()
+
+
+async def test_finish_keeps_the_connection_when_the_body_ends_after_its_last_event() -> None:
+    async with upstream(chunked_stream([h11.EndOfMessage()])) as server, \
+            LeanTransport() as transport:
+        with trio.fail_after(DEADLINE):
+            await read_first_then_finish(transport, server, DEADLINE)
+        assert transport.pool_stats()["idle"] == 1
+        assert (await get(transport, f"{server.url}/again")).content == b"last"
+        assert server.accepts == 1
+        assert transport.pool_stats()["reused"] == 1
+
+
+@pytest.mark.parametrize("tail", [
+    pytest.param([h11.Data(data=b"more"), h11.EndOfMessage()], id="more-body"),
+    pytest.param([], id="no-end-in-time"),
+])
+async def test_finish_drops_the_connection_unless_the_body_ends_empty(
+        tail: list[h11.Event]) -> None:
+    async with upstream(chunked_stream(tail)) as server, LeanTransport() as transport:
+        with trio.fail_after(DEADLINE):
+            await read_first_then_finish(transport, server, 0.05)
+        assert clean(transport)
+        assert transport.pool_stats()["created"] == 1
+
+
+async def test_a_named_host_still_connects_through_the_resolver() -> None:
+    async with upstream(echo) as server, LeanTransport() as transport:
+        response = await get(transport, f"http://localhost:{server.port}/by-name")
+        assert response.content == b"GET /by-name "

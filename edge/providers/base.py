@@ -48,6 +48,8 @@ from ..sse import SSEError, SSEParser
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# How long a finished stream's connection waits for the body's end to be kept for reuse.
+FINISH_S = 1.0
 
 # One SSE event (name, data) -> (stream items to emit, whether the stream is complete).
 # An upstream error event raises `UpstreamError` (the codec's `error_in` reads it).
@@ -385,6 +387,7 @@ class ChunkStream:
         self._raw = response.stream.__aiter__()  # type: ignore[union-attr]
         self._pending: list[Any] = []
         self._finished = False
+        self._complete = False  # the upstream's last event arrived; the body's end may not
         # A decode error is raised only after the chunks decoded before it in the same
         # network read have been handed out, so a client gets the text that preceded it.
         self._error: UpstreamError | None = None
@@ -439,8 +442,9 @@ class ChunkStream:
                 chunks, complete = self._decode(event, redact(payload))
                 self._pending.extend(chunks)
                 if complete:
-                    self._finished = True
-                    await self.aclose()
+                    # The connection stays checked out until `aclose`, which reads the
+                    # body's end after the relay has sent the last frames, then keeps it.
+                    self._finished = self._complete = True
                     return
         except (SSEError, orjson.JSONDecodeError):
             self._error = UpstreamError(f"provider {name} sent an invalid event stream")
@@ -452,4 +456,10 @@ class ChunkStream:
             await self.aclose()
 
     async def aclose(self) -> None:
+        """Release the connection: kept for reuse after a complete stream, else closed."""
+        if self._complete:
+            self._complete = False
+            finish = getattr(self.response.stream, "finish", None)
+            if finish is not None:
+                await finish(FINISH_S)
         await self.response.aclose()
