@@ -51,14 +51,15 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import NoReturn, Protocol
-
-from redis.commands.core import Script
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from .errors import RateLimited
 from .l2 import L2Unavailable, RedisClient, RedisTier
 from .logs import log
 from .redis_scripts import LIMITS_LUA, WINDOW_S, tagged
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
 
 __all__ = ["WINDOW_S", "Limits", "RateLimiter", "Ride", "SlidingWindow"]
 
