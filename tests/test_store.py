@@ -543,6 +543,17 @@ def test_the_memory_store_keeps_a_bounded_number_of_responses() -> None:
     assert backend.get_response("resp_9", "a", T0) is None  # the batch wrote nothing
 
 
+def test_the_memory_store_keeps_its_newest_ledger_rows() -> None:
+    backend = MemoryBackend("memory://", max_usage_rows=20)
+    for batch in range(10):
+        backend.insert_usage([_row(batch * 5 + i) for i in range(5)])  # 50 rows, 5 at a time
+    kept = backend.aggregate_usage(T0 - 1, T0 + 1, ())[0]["requests"]
+    assert 20 <= kept <= 22  # trimmed every 2 rows past the bound, never below it
+    newest = backend.aggregate_usage(T0 - 1, T0 + 1, ("key",))
+    assert newest[0]["requests"] == kept
+    assert backend.delete_usage_before(T0 + 1) == kept  # the oldest went, not the newest
+
+
 def test_a_free_memory_store_is_written_on_the_spot_a_held_one_from_a_thread(
         tmp_path: Path) -> None:
     """`Backend.now`: the event loop never waits for a lock a worker thread holds."""

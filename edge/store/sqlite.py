@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from . import schema
-from .base import BUSY, AlreadyExists, Busy, StoredResponse, StoreUnavailable
+from .base import BUSY, AlreadyExists, Busy, StoredResponse, StoreUnavailable, UsageRow
 from .sql import SQLBackend
 
 __all__ = ["MemoryBackend", "SQLiteBackend"]
@@ -126,8 +126,17 @@ def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
             time.sleep(0.01)  # in a worker thread or at start-up, never on the event loop
 
 
+# The newest ledger rows a memory store keeps: each costs about 180 bytes of SQLite
+# memory, and 90 days of a busy gateway's rows would exhaust the process long before
+# the retention pass reached them. A durable store (SQLite file, Postgres) keeps them all.
+MAX_USAGE_ROWS = 10_000
+
+
 class MemoryBackend(SQLiteBackend):
     """`memory://`: SQLite in memory for keys and the ledger, a dict for stored responses.
+
+    Both are bounded, since a memory store lives in the process: the ledger keeps its
+    newest `max_usage_rows` rows, stored responses their newest `max_responses`.
 
     A stored response is written before its answer leaves (SPEC §8), so its write is on
     the request's path; SQLite spends about 25 us inserting one (three blobs and two
@@ -137,10 +146,23 @@ class MemoryBackend(SQLiteBackend):
     answer of a busy gateway for 30 days there would exhaust its memory long before.
     """
 
-    def __init__(self, url: str, *, max_responses: int = 100_000) -> None:
+    def __init__(self, url: str, *, max_responses: int = 100_000,
+                 max_usage_rows: int = MAX_USAGE_ROWS) -> None:
         super().__init__(url, MEMORY)
         self.max_responses = max_responses
+        self.max_usage_rows = max_usage_rows
         self._responses: dict[str, StoredResponse] = {}
+        self._rows_since_trim = 0
+
+    def insert_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Append to the ledger, keeping only its newest `max_usage_rows` rows (about
+        10 % more between two trims, which run every tenth of the bound)."""
+        super().insert_usage(rows)
+        self._rows_since_trim += len(rows)
+        if self._rows_since_trim * 10 >= self.max_usage_rows:
+            self._rows_since_trim = 0
+            self._delete("DELETE FROM edge_usage WHERE rowid <= "
+                         "(SELECT MAX(rowid) FROM edge_usage) - ?", (self.max_usage_rows,))
 
     def put_responses(self, responses: Sequence[StoredResponse]) -> None:
         with self._lock:
