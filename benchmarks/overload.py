@@ -8,12 +8,14 @@ benchmark measures that, through each target in turn in front of the same mock u
 
 1. normal: a closed loop of `--connections` keep-alive connections for `--normal-s`, each
    request a cache miss (a prompt no other uses); its rate R is the normal rate;
-2. burst: an open loop at `--factor` x R for `--burst-s`, in a process of its own;
-   a client gives up on an answer after `--give-up-s` and closes its connection;
-3. after: the moment the burst stops being scheduled, the closed loop again, in windows
-   of `--window-s`, for `--after-s`.
+2. burst: the same closed loop keeps running (the users who stay, on the connections
+   they have) while an open loop sends `--factor` x R for `--burst-s` from a process of
+   its own; a burst client gives up on an answer after `--give-up-s` and closes;
+3. after: the steady loop's rate in windows of `--window-s` for `--after-s` from the
+   moment the burst stops being scheduled.
 
-It prints, per target, R, what the burst got (2xx/s, errors), the rate of every window
+It prints, per target, R, what the burst got (2xx/s, errors), the steady loop's share
+of R during the burst and in every window
 after it as a share of R, and the recovery time: the end of the first window at >= 90 %
 of R (the target for edge: within 5 s). Writes overload.txt and overload.csv into
 `--out-dir` (default benchmarks/results).
