@@ -15,8 +15,7 @@ benchmark measures that, through each target in turn in front of the same mock u
    moment the burst stops being scheduled.
 
 It prints, per target, R, what the burst got (2xx/s, errors), the steady loop's share
-of R during the burst and in every window
-after it as a share of R, and the recovery time: the end of the first window at >= 90 %
+of R during the burst and in every window after it, and the recovery time: the end of the first window at >= 90 %
 of R (the target for edge: within 5 s). Writes overload.txt and overload.csv into
 `--out-dir` (default benchmarks/results).
 """
