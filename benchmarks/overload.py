@@ -14,10 +14,10 @@ benchmark measures that, through each target in turn in front of the same mock u
 3. after: the steady loop's rate in windows of `--window-s` for `--after-s` from the
    moment the burst stops being scheduled.
 
-It prints, per target, R, what the burst got (2xx/s, errors), the steady loop's share
-of R during the burst and in every window after it, and the recovery time: the end of the first window at >= 90 %
-of R (the target for edge: within 5 s). Writes overload.txt and overload.csv into
-`--out-dir` (default benchmarks/results).
+It prints, per target, R, what the burst got (2xx/s, errors), the steady loop's share of
+R during the burst and in every window after it, and the recovery time: the end of the
+first window at >= 90 % of R (the target for edge: within 5 s). Writes overload.txt and
+overload.csv into `--out-dir` (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -97,10 +97,10 @@ def _burst_main(spec: RateSpec, lead_s: float, results: Any) -> None:
     """The users who come all at once and give up: the open loop, after `lead_s`."""
     try:
         time.sleep(lead_s)
-        results.put(("start", time.perf_counter_ns()))
-        results.put(("done", run_rate(spec).to_dict()))
+        started_ns = time.perf_counter_ns()
+        results.put((started_ns, run_rate(spec).to_dict()))
     except BaseException as exc:
-        results.put(("error", repr(exc)))
+        results.put((0, {"error": repr(exc)}))
         raise
 
 
@@ -132,21 +132,20 @@ def run_target(target: Target, args: argparse.Namespace) -> Row:
         child.start()
     try:
         limit = lead_s + args.burst_s + args.after_s + 60
-        kind, started_ns = burst_q.get(timeout=limit)
-        kind, outcome = burst_q.get(timeout=limit) if kind == "start" else (kind, started_ns)
+        started_ns, outcome = burst_q.get(timeout=limit)
         steady = steady_q.get(timeout=limit)
     finally:
         for child in children:
             child.join(timeout=10)
             if child.is_alive():
                 child.kill()
-    if kind == "error":
+    if "error" in outcome:
         raise BenchError(f"burst client failed: {outcome}")
     if not isinstance(steady, LoadResult):
         raise BenchError(f"steady client failed: {steady}")
     row.burst_rps, row.burst_errors = outcome["requests_per_s"], outcome["errors"]
-    row.during_rps = steady.rate_between(started_ns, started_ns + int(args.burst_s * 1e9))
     stopped_ns, step = started_ns + int(args.burst_s * 1e9), int(args.window_s * 1e9)
+    row.during_rps = steady.rate_between(started_ns, stopped_ns)
     row.windows = [steady.rate_between(stopped_ns + i * step, stopped_ns + (i + 1) * step)
                    for i in range(max(1, round(args.after_s / args.window_s)))]
     return row
@@ -247,6 +246,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if not __package__:
-        raise BenchError("run it as python -m benchmarks.overload")
     run_script(main)
