@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -58,7 +58,7 @@ EXCLUDED_FIELDS: frozenset[str] = frozenset({"stream", "stream_options", "user"}
 #: raises ValueError rather than exhaust the interpreter (or C) stack. One limit, one meaning.
 MAX_DEPTH = 64
 
-_hexdigest = xxhash.xxh3_128_hexdigest
+_digest = xxhash.xxh3_128_intdigest
 _NO_SKIP: frozenset[str] = frozenset()
 
 
@@ -77,9 +77,14 @@ def canonical(body: Mapping[str, Any]) -> bytes:
     return b"".join(out)
 
 
-def cache_key(body: Mapping[str, Any], scope: str) -> str:
-    """Return the 32-hex-digit xxh3-128 key of `body` as seen by `scope` (tenant or "global")."""
-    return _hexdigest(canonical(body) + b"|" + str.encode(scope, "utf-8", "surrogatepass"))
+def cache_key(body: Mapping[str, Any], scope: str) -> int:
+    """Return the xxh3-128 key of `body` as seen by `scope` (tenant or "global"), an int.
+
+    An int, not its 32 hex digits: L1 holds one key per entry, and a 128-bit int takes 48
+    bytes where the str takes 96, about 5 MB over 100k entries. L2 writes it as 32 lowercase
+    hex digits (`f"{key:032x}"`), the text form keys have always had there.
+    """
+    return _digest(canonical(body) + b"|" + str.encode(scope, "utf-8", "surrogatepass"))
 
 
 def _encode_mapping(
@@ -182,7 +187,7 @@ class LRUCache:
         self._cursor = self._root  # the root means "start at the LRU end"
         self._bytes = 0
 
-    def get(self, key: str, now: float) -> object | None:
+    def get(self, key: Hashable, now: float) -> object | None:
         """Return the live value for `key` and mark it most recently used, else None."""
         node = self._map.get(key)
         if node is None:
@@ -194,7 +199,7 @@ class LRUCache:
         self._append(node)
         return node.value
 
-    def put(self, key: str, value: object, size: int, expires_at: float) -> bool:
+    def put(self, key: Hashable, value: object, size: int, expires_at: float) -> bool:
         """Store `value` as the most recent entry, evicting LRU entries to fit the bounds.
 
         An entry bigger than `max_bytes` can never fit: it is not stored, any older entry for
@@ -227,7 +232,7 @@ class LRUCache:
         del old_value
         return True
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: Hashable) -> bool:
         """Remove `key`; True if it was present (expired or not)."""
         node = self._map.get(key)
         if node is None:

@@ -39,37 +39,40 @@ from .tracing import Tracing
 FORMAT = b"E1"  # L2 value format version; a value with another prefix is ignored
 _ENTRY_OVERHEAD = 256  # bytes of bookkeeping per L1 entry, counted against l1_max_bytes
 SWEEP_INTERVAL_S = 1.0
-_PROBE_KEY = "\0edge-health"  # no request's key: cache keys are hex digests
+_PROBE_KEY = -1  # no request's key: cache keys are unsigned 128-bit digests
+NO_KEY = -1  # the key of a request that is not stored (never found either)
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A stored answer. `body` is the answer's JSON object without edge's metadata.
 
-    `expires_at` is the wall-clock second (`time.time()`) the entry stops being served,
-    set by `Cache.store` and carried in L2, so a replica that fills its L1 from an L2 hit
-    keeps the TTL the writer chose (`x-edge-cache-ttl`). Wall clock, not monotonic, since
-    replicas share no other clock; NTP-level skew moves an expiry by that much, no more.
+    No expiry of its own: L1 keeps the entry's deadline in its node, and L2 carries the
+    wall-clock second it stops being served (`time.time()`) beside it in the stored value
+    (`encode`/`decode`), so a replica that fills its L1 from an L2 hit keeps the TTL the
+    writer chose (`x-edge-cache-ttl`). Wall clock there, not monotonic, since replicas share
+    no other clock; NTP-level skew moves an expiry by that much, no more. Four fields and no
+    float for the expiry keep 100k cached answers under 300 MB (benchmarks.memory).
     """
 
     body: bytes
     provider: str
     model: str
     cost_usd: float
-    expires_at: float | None = None
 
     def answer(self) -> dict[str, Any]:
         value: dict[str, Any] = orjson.loads(self.body)
         return value
 
-    def encode(self) -> bytes:
-        meta: dict[str, Any] = {"p": self.provider, "m": self.model, "c": self.cost_usd}
-        if self.expires_at is not None:
-            meta["x"] = self.expires_at  # older readers ignore the field
+    def encode(self, expires_at: float) -> bytes:
+        """The L2 value: format, metadata (with the wall-clock expiry), newline, body."""
+        meta = {"p": self.provider, "m": self.model, "c": self.cost_usd, "x": expires_at}
         return FORMAT + orjson.dumps(meta) + b"\n" + self.body
 
     @classmethod
-    def decode(cls, raw: bytes) -> Entry | None:
+    def decode(cls, raw: bytes) -> tuple[Entry, float | None] | None:
+        """The entry and its wall-clock expiry (None in values written before it was
+        stored) from an L2 value, or None for a value edge did not write."""
         if not raw.startswith(FORMAT):
             return None
         head, sep, body = raw[len(FORMAT):].partition(b"\n")
@@ -77,9 +80,9 @@ class Entry:
             return None
         try:
             meta = orjson.loads(head)
-            expires = meta.get("x")  # absent in entries written before it was stored
-            return cls(body, str(meta["p"]), str(meta["m"]), float(meta["c"]),
-                       expires_at=None if expires is None else float(expires))
+            expires = meta.get("x")
+            entry = cls(body, str(meta["p"]), str(meta["m"]), float(meta["c"]))
+            return entry, None if expires is None else float(expires)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -129,7 +132,7 @@ class Cache:
         if config.enabled and config.l2_enabled:
             self.l2 = RedisTier(config.redis_url, cluster=config.redis_cluster,
                                 key_prefix=config.key_prefix, on_error=self._l2_down)
-        self.flights: dict[str, Flight] = {}
+        self.flights: dict[int, Flight] = {}
         self._swept_at = -math.inf  # trio time of the last L1 expiry sweep
         self._hit_l1 = metrics.cache_hits.labels("l1")
         self._hit_l2 = metrics.cache_hits.labels("l2")
@@ -160,14 +163,14 @@ class Cache:
     def l2_healthy(self) -> bool:
         return self.l2 is not None and self.l2.healthy
 
-    def key(self, endpoint: str, body: dict[str, Any], tenant: str) -> str:
+    def key(self, endpoint: str, body: dict[str, Any], tenant: str) -> int:
         scope = endpoint if self.global_scope else f"{endpoint}|{tenant}"
         try:
             return cache_key(body, scope)
         except (ValueError, TypeError) as exc:  # too deep for the canonical form
             raise BadRequest(f"The request body cannot be cached: {exc}") from None
 
-    async def lookup(self, key: str) -> tuple[Entry, str] | None:
+    async def lookup(self, key: int) -> tuple[Entry, str] | None:
         """The live entry for `key` and the tier it came from, or None.
 
         A hit is counted here; a miss only when the request then leads an upstream call
@@ -182,37 +185,36 @@ class Cache:
             return entry, "l1"  # type: ignore[return-value]
         if self.l2 is not None and self.l2.healthy:
             with self.tracing.span("l2.get") as span:
-                raw = await self.l2.get(key)
+                raw = await self.l2.get(f"{key:032x}")
                 span.set("edge.hit", raw is not None)
             self._lat_l2.observe(time.perf_counter() - began)
-            if raw is not None:
-                found = Entry.decode(raw)
-                if found is not None:
-                    # An entry of the old format has no expiry: L1 keeps it for ttl_s.
-                    left = (self.ttl_s if found.expires_at is None
-                            else found.expires_at - time.time())
-                    if left > 0:
-                        self._hit_l2.inc()
-                        self.l1.put(key, found, len(found.body) + _ENTRY_OVERHEAD, now + left)
-                        return found, "l2"
+            decoded = None if raw is None else Entry.decode(raw)
+            if decoded is not None:
+                found, expires_at = decoded
+                # An entry of the old format has no expiry: L1 keeps it for ttl_s.
+                left = self.ttl_s if expires_at is None else expires_at - time.time()
+                if left > 0:
+                    self._hit_l2.inc()
+                    self.l1.put(key, found, len(found.body) + _ENTRY_OVERHEAD, now + left)
+                    return found, "l2"
         return None
 
-    def store(self, key: str, entry: Entry, ttl_s: int | None) -> None:
+    def store(self, key: int, entry: Entry, ttl_s: int | None) -> None:
         """Keep `entry` in L1 and queue it for L2, unless it is over max_entry_bytes."""
         if len(entry.body) > self.max_entry_bytes:
             return  # served, but one answer must not crowd out thousands
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         # orjson's output keeps its whole growth buffer (~8 KB for a 2 KB answer); an
         # exact-size copy (~0.5 us) is what makes 100k cached answers fit in ~300 MB.
-        entry = Entry(bytes(memoryview(entry.body)), entry.provider, entry.model, entry.cost_usd,
-                      expires_at=time.time() + ttl)
+        entry = Entry(bytes(memoryview(entry.body)), entry.provider, entry.model, entry.cost_usd)
         self.l1.put(key, entry, len(entry.body) + _ENTRY_OVERHEAD, time.monotonic() + ttl)
-        if self.l2 is not None and not self.l2.put_nowait(key, entry.encode(), ttl):
+        if self.l2 is not None and not self.l2.put_nowait(
+                f"{key:032x}", entry.encode(time.time() + ttl), ttl):
             self.metrics.l2_dropped_writes.inc()
 
     # -- coalescing ------------------------------------------------------------------
 
-    def lead_or_follow(self, key: str) -> tuple[bool, Flight]:
+    def lead_or_follow(self, key: int) -> tuple[bool, Flight]:
         """(True, new flight) for the leader; (False, the running flight) for a follower."""
         flight = self.flights.get(key)
         if flight is not None:
@@ -226,7 +228,7 @@ class Cache:
         """A follower got its leader's answer: an L1 hit (from this process's memory)."""
         self._hit_l1.inc()
 
-    def finish(self, key: str, flight: Flight, entry: Entry | None = None,
+    def finish(self, key: int, flight: Flight, entry: Entry | None = None,
                error: EdgeError | None = None) -> None:
         """End the flight (always, in a `finally`): wake its followers with the outcome."""
         flight.entry = entry

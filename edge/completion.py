@@ -23,7 +23,7 @@ from .answer_meta import SSE_HEADERS, cost_header, edge_headers
 from .auth import check_model
 from .bookkeeping import Books
 from .budgets import budget_error
-from .cache import Cache, Entry, Flight
+from .cache import NO_KEY, Cache, Entry, Flight
 from .config import Config
 from .dialects import Dialect, EventSource
 from .errors import BadRequest, EdgeError, NotFound, UpstreamError, clip
@@ -133,7 +133,9 @@ class Completions:
         """Cache lookup, coalescing, then the upstream: the whole life of a completion."""
         cache = call.edge.cache
         policy = call.policy
-        key = cache.key(call.dialect.endpoint, call.body, call.req.tenant) if policy.store else ""
+        key = NO_KEY
+        if policy.store:
+            key = cache.key(call.dialect.endpoint, call.body, call.req.tenant)
         flight: Flight | None = None
         if policy.lookup:
             while True:
