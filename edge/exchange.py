@@ -16,7 +16,7 @@ import trio
 from .auth import ANONYMOUS, KeyPolicy
 from .cache import Flight
 from .errors import PayloadTooLarge, RequestTimeout
-from .http1 import CONTINUE_EXTENSION
+from .http1 import CONTINUE_EXTENSION, PEER_CLOSED_EXTENSION
 from .request_head import request_id
 
 T = TypeVar("T")
@@ -172,6 +172,9 @@ async def run_watched(req: Request, work: Callable[[], Awaitable[T]],
     Errors from `work` are re-raised as themselves, not wrapped in an ExceptionGroup.
     """
     box: list[tuple[bool, Any]] = []
+    peer_closed = req.scope.get("extensions", {}).get(PEER_CLOSED_EXTENSION)
+    if peer_closed is not None and peer_closed():
+        raise ClientGone()  # it left before its request was read: no upstream call at all
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_disconnect, req, nursery.cancel_scope, flight)
         try:

@@ -1,4 +1,4 @@
-"""edge's HTTP/1.1: Hypercorn's protocol, with two changes it offers no setting for.
+"""edge's HTTP/1.1: Hypercorn's protocol, with three changes it offers no setting for.
 
 1. Heads edge refuses (`request_head.refusal`: over 64 KiB, or both Content-Length and
    Transfer-Encoding) are answered here, before an app task exists, with the error in
@@ -22,14 +22,26 @@
    is added after Hypercorn has started the app's task but before that task first runs:
    `H11Protocol._create_stream` reaches no checkpoint between the two.
 
+3. A request whose client has already closed its connection is not served. Under a burst,
+   clients give up while their connections wait in the listen queue; edge then accepts a
+   connection whose request and end (FIN) are both already there, and Hypercorn reports
+   the end to the app only after the app has started, by which time the app has sent the
+   request upstream. So each request gets a probe under
+   `scope["extensions"][PEER_CLOSED_EXTENSION]` (a zero-timeout `poll` of the client's
+   socket for POLLRDHUP, hang-up or error, about a microsecond), which `exchange.run_watched`
+   asks before any upstream call. A half-closed connection counts as gone, as Hypercorn
+   already counts it (its end of input becomes `http.disconnect`).
+
 Hypercorn builds its protocol by name (`hypercorn.protocol.H11Protocol`); `install`
 points that name at `EdgeH11Protocol`. Checked against Hypercorn 0.18.0 and h11 0.16.0;
-`tests/test_http_edges.py` covers both changes end to end through `edge serve`.
+`tests/test_http_edges.py` covers all three end to end through `edge serve`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import select
+from collections.abc import Callable
+from typing import Any, Literal
 
 import h11
 import hypercorn.protocol
@@ -41,9 +53,10 @@ from .errors import ClosingError, render
 from .logs import log
 from .request_head import anthropic_path, origin_path, refusal, request_id
 
-__all__ = ["CONTINUE_EXTENSION", "EdgeH11Protocol", "install"]
+__all__ = ["CONTINUE_EXTENSION", "PEER_CLOSED_EXTENSION", "EdgeH11Protocol", "install"]
 
 CONTINUE_EXTENSION = "edge.http.100-continue"
+PEER_CLOSED_EXTENSION = "edge.http.peer-closed"
 
 
 class _DeferredContinue(h11.Connection):
@@ -61,6 +74,8 @@ class EdgeH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.connection = _DeferredContinue(
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
+        # this connection's "has the client closed?" probe, made at its first request
+        self._peer_closed: Callable[[], bool] | Literal[False] | None = None
 
     async def _create_stream(self, request: h11.Request) -> None:
         # h11's Headers is a Sequence whose items are built per index in Python; its
@@ -71,8 +86,14 @@ class EdgeH11Protocol(H11Protocol):
             await self._refuse(request, error)
             return
         await super()._create_stream(request)
-        if self._client_waits() and isinstance(self.stream, HTTPStream):
-            self.stream.scope["extensions"][CONTINUE_EXTENSION] = {"send": self._send_continue}
+        if isinstance(self.stream, HTTPStream):
+            extensions: dict[str, Any] = self.stream.scope["extensions"]
+            if self._client_waits():
+                extensions[CONTINUE_EXTENSION] = {"send": self._send_continue}
+            if self._peer_closed is None:
+                self._peer_closed = _peer_probe(self.send)
+            if self._peer_closed:
+                extensions[PEER_CLOSED_EXTENSION] = self._peer_closed
 
     def _client_waits(self) -> bool:
         connection = self.connection
@@ -99,6 +120,25 @@ class EdgeH11Protocol(H11Protocol):
         await self.send(Closed())
         log.info("request refused", request_id=rid.decode(), method=request.method.decode(),
                  path=path[:200], status=status, code=error.code)
+
+
+def _peer_probe(send: Any) -> Callable[[], bool] | Literal[False]:
+    """A probe of the client's socket for its end, or False where none can be made.
+
+    Hypercorn hands the protocol its `TCPServer.protocol_send`; that server holds the
+    connection's Trio stream (an SSL stream wraps the socket's stream).
+    """
+    stream = getattr(getattr(send, "__self__", None), "stream", None)
+    sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)
+    if sock is None or not hasattr(select, "poll") or not hasattr(select, "POLLRDHUP"):
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP)  # POLLHUP and POLLERR come anyway
+
+    def peer_closed() -> bool:
+        return bool(poller.poll(0))
+
+    return peer_closed
 
 
 def install() -> None:

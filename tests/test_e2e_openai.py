@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import socket
 import struct
 from collections.abc import Iterator
 
@@ -309,6 +311,39 @@ def test_client_disconnect_closes_upstream(stack) -> None:
         for _ in response.iter_lines():
             break  # read one line, then hang up
     wait_until(lambda: mock.stats()["disconnects"] > before, what="upstream disconnect")
+
+
+def test_a_request_whose_client_already_left_is_not_sent_upstream(stack) -> None:
+    """Under a burst, clients give up while their connections wait in the listen queue;
+    edge then accepts connections whose request and end are both already there. None of
+    those requests may reach the upstream (nobody would read the answer)."""
+    edge, mock = stack
+    before = mock.stats()["requests"]
+    ids = [f"gone-{n}" for n in range(20)]
+    edge.signal(signal.SIGSTOP)  # nothing is accepted now: the connections queue
+    try:
+        for n, rid in enumerate(ids):
+            body = json.dumps({"model": "gpt-4o", "stream": n % 2 == 0, "messages": [
+                {"role": "user", "content": f"left before the answer {n}"}]}).encode()
+            with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as conn:
+                conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
+                             b"Content-Type: application/json\r\nx-request-id: %s\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (rid.encode(), len(body), body))
+    finally:
+        edge.signal(signal.SIGCONT)
+
+    def logged() -> list[dict]:
+        lines = [json.loads(line) for line in edge.output().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("request_id") in ids
+                and line.get("msg") == "request"]
+
+    wait_until(lambda: len(logged()) == len(ids), what="all 20 requests handled")
+    assert {line["status"] for line in logged()} == {499}
+    assert mock.stats()["requests"] == before
+    answer = httpx.post(f"{edge.url}/v1/chat/completions", headers={"Cache-Control": "no-store"},
+                        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "here"}]})
+    assert answer.status_code == 200
+    assert mock.stats()["requests"] == before + 1
 
 
 def test_stream_events_reach_the_client_while_the_upstream_pauses(stack) -> None:
