@@ -26,11 +26,13 @@
    clients give up while their connections wait in the listen queue; edge then accepts a
    connection whose request and end (FIN) are both already there, and Hypercorn reports
    the end to the app only after the app has started, by which time the app has sent the
-   request upstream. So each request gets a probe under
-   `scope["extensions"][PEER_CLOSED_EXTENSION]` (a zero-timeout `poll` of the client's
-   socket for POLLRDHUP, hang-up or error, about a microsecond), which `exchange.run_watched`
-   asks before any upstream call. A half-closed connection counts as gone, as Hypercorn
-   already counts it (its end of input becomes `http.disconnect`).
+   request upstream. So the client's socket is polled (zero timeout, for POLLRDHUP,
+   hang-up or error: about a microsecond) when a request head is complete: a request
+   whose client is gone is dropped there, with a log line and no app task. The same
+   probe goes to the app under `scope["extensions"][PEER_CLOSED_EXTENSION]`, and
+   `exchange.run_watched` asks it again before any upstream call (the client may leave
+   while its body arrives or its request is validated). A half-closed connection counts
+   as gone, as Hypercorn already counts it (its end of input becomes `http.disconnect`).
 
 Hypercorn builds its protocol by name (`hypercorn.protocol.H11Protocol`); `install`
 points that name at `EdgeH11Protocol`. Checked against Hypercorn 0.18.0 and h11 0.16.0;
@@ -85,13 +87,16 @@ class EdgeH11Protocol(H11Protocol):
         if error is not None:
             await self._refuse(request, error)
             return
+        if self._peer_closed is None:
+            self._peer_closed = _peer_probe(self.send)
+        if self._peer_closed and self._peer_closed():
+            await self._drop(request)
+            return
         await super()._create_stream(request)
         if isinstance(self.stream, HTTPStream):
             extensions: dict[str, Any] = self.stream.scope["extensions"]
             if self._client_waits():
                 extensions[CONTINUE_EXTENSION] = {"send": self._send_continue}
-            if self._peer_closed is None:
-                self._peer_closed = _peer_probe(self.send)
             if self._peer_closed:
                 extensions[PEER_CLOSED_EXTENSION] = self._peer_closed
 
@@ -104,6 +109,16 @@ class EdgeH11Protocol(H11Protocol):
         if self._client_waits():
             await self._send_h11_event(h11.InformationalResponse(
                 status_code=100, headers=self.config.response_headers("h11")))
+
+    async def _drop(self, request: h11.Request) -> None:
+        """Close a connection whose client left before its request was read: no app task,
+        no answer (nobody would read it), one log line."""
+        await self.send(Closed())
+        path = origin_path(request.target.partition(b"?")[0].decode("latin-1"))
+        sent_id = next((v for n, v in request.headers if n == b"x-request-id"), None)
+        log.info("request dropped: the client left before it was read",
+                 request_id=request_id(sent_id).decode(), method=request.method.decode(),
+                 path=path[:200])
 
     async def _refuse(self, request: h11.Request, error: ClosingError) -> None:
         """Answer `error` in the caller's format, then close the connection."""
