@@ -24,6 +24,7 @@ from libc.string cimport memcmp, memcpy, memset, strlen
 
 from collections.abc import Mapping
 
+import orjson
 import xxhash
 
 cdef extern from "Python.h":
@@ -81,6 +82,7 @@ __all__ = [
     "LRUCache",
     "SSEError",
     "SSEParser",
+    "Entry",
     "cache_key",
     "canonical",
     "frame",
@@ -542,6 +544,50 @@ def cache_key(body, scope):
 # ---------------------------------------------------------------------------------------
 # L1 LRU
 # ---------------------------------------------------------------------------------------
+
+@cython.final
+@cython.no_gc
+cdef class Entry:
+    """Entry(body: bytes, provider: str, model: str, cost_usd: float)
+
+    A cached answer; the twin documents it. Untracked by the cyclic GC: its fields are a
+    bytes, two str and a C double, which refer to nothing. Read-only, compared by value.
+    """
+
+    cdef readonly bytes body
+    cdef readonly str provider
+    cdef readonly str model
+    cdef readonly double cost_usd
+
+    def __init__(self, bytes body not None, str provider not None, str model not None,
+                 double cost_usd):
+        self.body = body
+        self.provider = provider
+        self.model = model
+        self.cost_usd = cost_usd
+
+    def answer(self):
+        """The body parsed: a fresh dict each call (callers change it)."""
+        return orjson.loads(self.body)
+
+    def __eq__(self, other):
+        cdef Entry o
+        if type(other) is not Entry:
+            return NotImplemented
+        o = <Entry>other
+        return (self.body == o.body and self.provider == o.provider
+                and self.model == o.model and self.cost_usd == o.cost_usd)
+
+    def __hash__(self):
+        return hash((self.body, self.provider, self.model, self.cost_usd))
+
+    def __repr__(self):
+        return (f"Entry(body={self.body!r}, provider={self.provider!r}, "
+                f"model={self.model!r}, cost_usd={self.cost_usd!r})")
+
+    def __reduce__(self):
+        return (Entry, (self.body, self.provider, self.model, self.cost_usd))
+
 
 @cython.final
 @cython.freelist(256)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ __all__ = [
     "STRATEGY_LATENCY",
     "STRATEGY_LEAST_BUSY",
     "STRATEGY_MODEL",
+    "Entry",
     "cache_key",
     "canonical",
     "frame",
@@ -139,6 +141,27 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
         out.append(b"]")
     else:
         raise TypeError(f"cannot use a value of type {type(value).__name__} in a cache key")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A cached answer: its JSON body (without edge's metadata), who produced it, its cost.
+
+    Compiled, it is a 48-byte object outside the cyclic GC that holds the cost as a C
+    double; as a dataclass with a float it took 96 bytes and a GC header, and L1 holds one
+    per cached answer (100k by default). The twin is the dataclass, same fields, same
+    equality.
+    """
+
+    body: bytes
+    provider: str
+    model: str
+    cost_usd: float
+
+    def answer(self) -> dict[str, Any]:
+        """The body parsed: a fresh dict each call (callers change it)."""
+        value: dict[str, Any] = orjson.loads(self.body)
+        return value
 
 
 class _Node:

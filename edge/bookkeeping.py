@@ -23,9 +23,9 @@ from .routing import Deployment
 from .store.base import UsageRow
 
 if TYPE_CHECKING:
-    from .cache import Entry
     from .completion import Call
     from .errors import EdgeError
+    from .fastpath import Entry
     from .keypool import Key
 
 BYTES_PER_TOKEN = 4

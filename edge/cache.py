@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -30,7 +29,7 @@ import trio
 
 from .config import CacheConfig
 from .errors import BadRequest, EdgeError
-from .fastpath import LRUCache, cache_key
+from .fastpath import Entry, LRUCache, cache_key
 from .l2 import RedisTier
 from .logs import log
 from .metrics import Metrics
@@ -43,48 +42,45 @@ _PROBE_KEY = -1  # no request's key: cache keys are unsigned 128-bit digests
 NO_KEY = -1  # the key of a request that is not stored (never found either)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A stored answer. `body` is the answer's JSON object without edge's metadata.
+def exact(body: bytes, provider: str, model: str, cost_usd: float) -> Entry:
+    """The entry to keep for an answer just serialised, its body copied to exact size.
 
-    No expiry of its own: L1 keeps the entry's deadline in its node, and L2 carries the
-    wall-clock second it stops being served (`time.time()`) beside it in the stored value
-    (`encode`/`decode`), so a replica that fills its L1 from an L2 hit keeps the TTL the
-    writer chose (`x-edge-cache-ttl`). Wall clock there, not monotonic, since replicas share
-    no other clock; NTP-level skew moves an expiry by that much, no more. Four fields and no
-    float for the expiry keep 100k cached answers under 300 MB (benchmarks.memory).
+    orjson's output keeps its whole growth buffer (~8 KB for a 2 KB answer); the copy
+    (~0.5 us) is what makes 100k cached answers fit in ~300 MB. It is made as soon as the
+    answer is serialised, before the client's response is built: copied later, in
+    `Cache.store`, it landed in holes that request's other buffers had left and cost 38
+    bytes more per entry (benchmarks.memory: 2,618 against 2,580).
     """
+    return Entry(bytes(memoryview(body)), provider, model, cost_usd)
 
-    body: bytes
-    provider: str
-    model: str
-    cost_usd: float
 
-    def answer(self) -> dict[str, Any]:
-        value: dict[str, Any] = orjson.loads(self.body)
-        return value
+def encode(entry: Entry, expires_at: float) -> bytes:
+    """The L2 value: format, metadata (with the wall-clock expiry), newline, body.
 
-    def encode(self, expires_at: float) -> bytes:
-        """The L2 value: format, metadata (with the wall-clock expiry), newline, body."""
-        meta = {"p": self.provider, "m": self.model, "c": self.cost_usd, "x": expires_at}
-        return FORMAT + orjson.dumps(meta) + b"\n" + self.body
+    L1 keeps an entry's deadline in its node; L2 carries the wall-clock second it stops
+    being served (`time.time()`) beside it, so a replica that fills its L1 from an L2 hit
+    keeps the TTL the writer chose (`x-edge-cache-ttl`). Wall clock, not monotonic, since
+    replicas share no other clock; NTP-level skew moves an expiry by that much, no more.
+    """
+    meta = {"p": entry.provider, "m": entry.model, "c": entry.cost_usd, "x": expires_at}
+    return FORMAT + orjson.dumps(meta) + b"\n" + entry.body
 
-    @classmethod
-    def decode(cls, raw: bytes) -> tuple[Entry, float | None] | None:
-        """The entry and its wall-clock expiry (None in values written before it was
-        stored) from an L2 value, or None for a value edge did not write."""
-        if not raw.startswith(FORMAT):
-            return None
-        head, sep, body = raw[len(FORMAT):].partition(b"\n")
-        if not sep or not body.startswith(b"{"):
-            return None
-        try:
-            meta = orjson.loads(head)
-            expires = meta.get("x")
-            entry = cls(body, str(meta["p"]), str(meta["m"]), float(meta["c"]))
-            return entry, None if expires is None else float(expires)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            return None
+
+def decode(raw: bytes) -> tuple[Entry, float | None] | None:
+    """The entry and its wall-clock expiry (None in values written before it was stored)
+    from an L2 value, or None for a value edge did not write."""
+    if not raw.startswith(FORMAT):
+        return None
+    head, sep, body = raw[len(FORMAT):].partition(b"\n")
+    if not sep or not body.startswith(b"{"):
+        return None
+    try:
+        meta = orjson.loads(head)
+        expires = meta.get("x")
+        entry = Entry(body, str(meta["p"]), str(meta["m"]), float(meta["c"]))
+        return entry, None if expires is None else float(expires)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 class Flight:
@@ -188,7 +184,7 @@ class Cache:
                 raw = await self.l2.get(f"{key:032x}")
                 span.set("edge.hit", raw is not None)
             self._lat_l2.observe(time.perf_counter() - began)
-            decoded = None if raw is None else Entry.decode(raw)
+            decoded = None if raw is None else decode(raw)
             if decoded is not None:
                 found, expires_at = decoded
                 # An entry of the old format has no expiry: L1 keeps it for ttl_s.
@@ -204,12 +200,10 @@ class Cache:
         if len(entry.body) > self.max_entry_bytes:
             return  # served, but one answer must not crowd out thousands
         ttl = ttl_s if ttl_s is not None else self.ttl_s
-        # orjson's output keeps its whole growth buffer (~8 KB for a 2 KB answer); an
-        # exact-size copy (~0.5 us) is what makes 100k cached answers fit in ~300 MB.
-        entry = Entry(bytes(memoryview(entry.body)), entry.provider, entry.model, entry.cost_usd)
+        # `entry` came from `exact` (its body already copied to exact size)
         self.l1.put(key, entry, len(entry.body) + _ENTRY_OVERHEAD, time.monotonic() + ttl)
         if self.l2 is not None and not self.l2.put_nowait(
-                f"{key:032x}", entry.encode(time.time() + ttl), ttl):
+                f"{key:032x}", encode(entry, time.time() + ttl), ttl):
             self.metrics.l2_dropped_writes.inc()
 
     # -- coalescing ------------------------------------------------------------------

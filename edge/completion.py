@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -23,12 +22,13 @@ from .answer_meta import SSE_HEADERS, cost_header, edge_headers
 from .auth import check_model
 from .bookkeeping import Books
 from .budgets import budget_error
-from .cache import NO_KEY, Cache, Entry, Flight
+from .cache import NO_KEY, Cache, Flight, exact
 from .config import Config
 from .dialects import Dialect, EventSource
 from .errors import BadRequest, EdgeError, NotFound, UpstreamError, clip
 from .exchange import ClientGone, Request, read_body, run_watched, send_json
 from .failover import Attempts
+from .fastpath import Entry
 from .routing import Deployment
 from .service import Edge
 from .tracing import Tracing
@@ -188,7 +188,8 @@ class Completions:
     async def _send_hit(self, call: Call, entry: Entry, tier: str) -> None:
         req = call.req
         if call.dialect.stateful:  # a hit is a new response, kept for follow-ups (SPEC §8)
-            entry = replace(entry, body=orjson.dumps(await call.dialect.keep(entry.answer())))
+            kept = orjson.dumps(await call.dialect.keep(entry.answer()))
+            entry = Entry(kept, entry.provider, entry.model, entry.cost_usd)
         self.books.served_hit(call, entry)
         latency = round(req.elapsed_ms(), 3)
         cache_header = b"hit-l1" if tier == "l1" else b"hit-l2"
@@ -226,7 +227,7 @@ class Completions:
             answer = await dialect.keep(answer)
         usage = dialect.usage(answer)
         cost = books.answered(call, dep, usage)
-        entry = Entry(orjson.dumps(answer), dep.provider.name, dep.model, cost)
+        entry = exact(orjson.dumps(answer), dep.provider.name, dep.model, cost)
         req = call.req
         req.provider, req.cache = dep.provider.name, call.policy.header
         latency = round(req.elapsed_ms(), 3)
@@ -317,7 +318,7 @@ class Completions:
         self.books.ended(req.endpoint, req.status, failure)
         if failure is not None or not assembler.finished:
             return None
-        return Entry(orjson.dumps(assembler.result()), dep.provider.name, dep.model, cost)
+        return exact(orjson.dumps(assembler.result()), dep.provider.name, dep.model, cost)
 
 
 def cache_policy(req: Request, cache: Cache) -> CachePolicy:

@@ -20,6 +20,7 @@ __all__ = [
     "EXCLUDED_FIELDS",
     "MAX_DEPTH",
     "LRUCache",
+    "Entry",
     "cache_key",
     "canonical",
     "BREAKER_CLOSED",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from edge._fastpath_py import STRATEGY_MODEL as STRATEGY_MODEL
     from edge._fastpath_py import Breaker as Breaker
     from edge._fastpath_py import DeploymentStats as DeploymentStats
+    from edge._fastpath_py import Entry as Entry
     from edge._fastpath_py import LRUCache as LRUCache
     from edge._fastpath_py import SSEError as SSEError
     from edge._fastpath_py import SSEParser as SSEParser

@@ -587,6 +587,32 @@ def test_replace_adjusts_bytes(impl: types.ModuleType) -> None:
     assert cache.get("b", 0.0) == "B3"
 
 
+def test_entry_fields_equality_and_answer(impl: types.ModuleType) -> None:
+    entry = impl.Entry(b'{"id":"x","n":[1]}', "mock", "gpt-4o", 0.25)
+    assert (entry.body, entry.provider, entry.model, entry.cost_usd) == (
+        b'{"id":"x","n":[1]}', "mock", "gpt-4o", 0.25)
+    assert entry == impl.Entry(b'{"id":"x","n":[1]}', "mock", "gpt-4o", 0.25)
+    assert entry != impl.Entry(b'{"id":"x","n":[1]}', "mock", "gpt-4o", 0.5)
+    assert entry != impl.Entry(b'{"id":"y"}', "mock", "gpt-4o", 0.25)
+    assert hash(entry) == hash(impl.Entry(b'{"id":"x","n":[1]}', "mock", "gpt-4o", 0.25))
+    answer = entry.answer()
+    answer["n"].append(2)  # a fresh dict each time: changing one leaves the entry alone
+    assert entry.answer() == {"id": "x", "n": [1]}
+    with pytest.raises(AttributeError):
+        entry.body = b"{}"
+    assert "gpt-4o" in repr(entry)
+
+
+def test_compiled_entry_is_small_and_untracked() -> None:
+    """What it is compiled for: 48 bytes, no GC header, the cost as a C double."""
+    requires_compiled()
+    entry = compiled.Entry(b"{}", "mock", "gpt-4o", 0.25)
+    assert sys.getsizeof(entry) == 48
+    assert not gc.is_tracked(entry)
+    with pytest.raises(TypeError):
+        compiled.Entry(bytearray(b"{}"), "mock", "gpt-4o", 0.25)
+
+
 def test_lru_order_on_eviction(impl: types.ModuleType) -> None:
     cache = impl.LRUCache(3, 1000)
     for key in "abc":

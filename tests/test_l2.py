@@ -263,11 +263,11 @@ async def test_cluster_round_trip_across_slots(redis_cluster: RedisClusterProces
 
 
 def test_entry_carries_its_expiry_and_old_entries_still_decode() -> None:
-    from edge.cache import Entry
+    from edge.cache import Entry, decode, encode
 
     entry = Entry(b'{"id":"x"}', "mock", "gpt-4o", 0.5)
-    assert Entry.decode(entry.encode(1_800_000_000.25)) == (entry, 1_800_000_000.25)
+    assert decode(encode(entry, 1_800_000_000.25)) == (entry, 1_800_000_000.25)
     # written before the expiry was stored: read as an entry with the default TTL
     old = b'E1{"p":"mock","m":"gpt-4o","c":0.5}\n{"id":"x"}'
-    assert Entry.decode(old) == (entry, None)
-    assert Entry.decode(b'E1["p"]\n{"id":"x"}') is None
+    assert decode(old) == (entry, None)
+    assert decode(b'E1["p"]\n{"id":"x"}') is None
