@@ -21,6 +21,10 @@ request. Three rules make that true:
   `on_error` once for that transition); while down, `get` answers None at once without
   touching Redis, `put_nowait` drops, and `call` raises `L2Unavailable`. A background
   probe PINGs every `probe_interval` and marks the tier up again when Redis answers.
+  While up, it PINGs every `health_interval` too, so that an idle edge whose Redis died
+  says so in /health before a request finds out; only a refused or broken connection
+  marks the tier down there (a slow answer is left to requests to judge, so a busy
+  machine's stall does not flip an idle tier).
   The tier starts *unknown*, which behaves like down: `run()` probes immediately, so a
   missing Redis never slows the first requests and never blocks start-up.
 * **Never queue behind Redis.** `get` takes a worker thread only if one is free right
@@ -103,12 +107,14 @@ class RedisTier:
         queue_size: writes that may wait for the background writer before drops begin.
         probe_interval: seconds between PINGs while the tier is down.
         on_error: called with a short reason each time the tier goes down.
+        health_interval: seconds between PINGs while the tier is up.
 
     Counters (plain ints, for metrics): `hits`, `misses` (Redis answered "no such key"),
     `skipped` (a get not sent because the tier was down or no thread was free),
     `errors` (get, write and call operations that failed), `writes` (SETs stored),
     `dropped_writes` (writes refused or lost: channel full, tier down, batch failed),
-    `probe_failures` (PINGs that failed; they do not count as `errors`).
+    `probe_failures` (PINGs that failed; they do not count as `errors`), `health_pings`
+    (PINGs sent while up, answered or not).
     """
 
     def __init__(
@@ -123,9 +129,11 @@ class RedisTier:
         queue_size: int = 4096,
         probe_interval: float = 0.5,
         on_error: Callable[[str], None] | None = None,
+        health_interval: float = 1.0,
     ) -> None:
-        if socket_timeout <= 0 or connect_timeout <= 0 or probe_interval <= 0:
-            raise ValueError("Redis timeouts and the probe interval must be positive")
+        if (socket_timeout <= 0 or connect_timeout <= 0 or probe_interval <= 0
+                or health_interval <= 0):
+            raise ValueError("Redis timeouts and the probe and health intervals must be positive")
         if threads < 1 or queue_size < 1:
             raise ValueError("Redis threads and queue_size must be at least 1")
         import redis
@@ -147,8 +155,10 @@ class RedisTier:
         self._connect_timeout = connect_timeout
         self._threads = threads
         self._probe_interval = probe_interval
+        self._health_interval = health_interval
         self._on_error = on_error
         self._failures = (redis.RedisError, OSError, _Overran)
+        self._gone = (redis.ConnectionError, ConnectionError)  # refused, reset, closed
         self._deadline = socket_timeout + connect_timeout + _DEADLINE_SLACK
         self._background_deadline = max(_BACKGROUND_DEADLINE, 4 * self._deadline)
 
@@ -175,6 +185,7 @@ class RedisTier:
         self.writes = 0
         self.dropped_writes = 0
         self.probe_failures = 0
+        self.health_pings = 0
 
     @property
     def healthy(self) -> bool:
@@ -316,9 +327,28 @@ class RedisTier:
     async def _probe_loop(self) -> None:
         while self._state is not _State.CLOSED:
             if self._state is _State.UP:
-                await self._went_down.wait()
+                with trio.move_on_after(self._health_interval):
+                    await self._went_down.wait()
+                if self._state is _State.UP:
+                    await self._check_up()
             elif not await self.probe():
                 await trio.sleep(self._probe_interval)
+
+    async def _check_up(self) -> None:
+        """PING while up: a refused or broken connection marks the tier down."""
+        client = self._client
+        if client is None:
+            return
+        generation = self._generation
+        try:
+            await self._in_thread(client.ping, wait=False, deadline=self._background_deadline)
+        except self._gone as exc:
+            self.probe_failures += 1
+            self._fail(exc, generation)
+        except (_Busy, *self._failures):
+            pass  # busy threads or a slow answer: for requests to judge
+        finally:
+            self.health_pings += 1
 
     async def _writer(self) -> None:
         async for first in self._receive:

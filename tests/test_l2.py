@@ -131,6 +131,7 @@ async def test_killed_redis_then_restart_recovers(redis_server: RedisServer) -> 
         redis_server.url,
         key_prefix=unique_prefix(),
         probe_interval=0.05,
+        health_interval=3600,  # here the get must be what finds Redis gone
         on_error=reasons.append,
         **CALM,
     )
@@ -153,6 +154,29 @@ async def test_killed_redis_then_restart_recovers(redis_server: RedisServer) -> 
         assert tier.put_nowait("k", b"after", ttl_s=60)
         await eventually(lambda: stored(tier, "k", b"after"))
     assert len(reasons) == 1
+
+
+async def test_an_idle_tier_sees_a_killed_redis_and_not_a_stopped_one(
+        redis_server: RedisServer) -> None:
+    """/health reads `healthy`: it must go false when Redis dies, with no request at all.
+    A Redis that only answers slowly (SIGSTOP: reads time out) is left to requests."""
+    reasons: list[str] = []
+    tier = RedisTier(redis_server.url, key_prefix=unique_prefix(), probe_interval=0.05,
+                     health_interval=0.05, on_error=reasons.append,
+                     socket_timeout=0.1, connect_timeout=1.0)
+    async with running(tier):
+        await eventually(lambda: tier.healthy)
+        redis_server.stop()
+        pings = tier.health_pings
+        await eventually(lambda: tier.health_pings >= pings + 3)  # each one timed out
+        assert tier.healthy
+        redis_server.cont()
+        redis_server.kill()
+        await eventually(lambda: not tier.healthy)
+        assert tier.errors == 0  # no operation ran: the health PING found it
+        assert len(reasons) == 1
+        redis_server.restart()
+        await eventually(lambda: tier.healthy)
 
 
 async def test_stopped_redis_get_returns_none_and_recovers(redis_server: RedisServer) -> None:
