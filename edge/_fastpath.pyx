@@ -1179,8 +1179,6 @@ def retry_after_all(breakers, double now):
 
 from libc.string cimport memchr
 
-import orjson
-
 from edge._fastpath_py import SSEError  # one class for both twins: `except SSEError` catches either
 
 cdef extern from "Python.h":

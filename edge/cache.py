@@ -38,8 +38,7 @@ from .tracing import Tracing
 FORMAT = b"E1"  # L2 value format version; a value with another prefix is ignored
 _ENTRY_OVERHEAD = 256  # bytes of bookkeeping per L1 entry, counted against l1_max_bytes
 SWEEP_INTERVAL_S = 1.0
-_PROBE_KEY = -1  # no request's key: cache keys are unsigned 128-bit digests
-NO_KEY = -1  # the key of a request that is not stored (never found either)
+NO_KEY = -1  # never a request's key (keys are unsigned 128-bit digests): health probe, no-store
 
 
 def exact(body: bytes, provider: str, model: str, cost_usd: float) -> Entry:
@@ -146,7 +145,7 @@ class Cache:
         if trio.current_time() - self._swept_at > 3 * SWEEP_INTERVAL_S:
             return False
         try:
-            self.l1.get(_PROBE_KEY, time.monotonic())
+            self.l1.get(NO_KEY, time.monotonic())
         except Exception:  # a broken L1 is exactly what this reports
             return False
         return True

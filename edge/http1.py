@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import h11
 import hypercorn.protocol
@@ -76,8 +76,8 @@ class EdgeH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.connection = _DeferredContinue(
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
-        # this connection's "has the client closed?" probe, made at its first request
-        self._peer_closed: Callable[[], bool] | Literal[False] | None = None
+        # this connection's "has the client closed?" probe (None where none can be made)
+        self._peer_closed = _peer_probe(self.send)
 
     async def _create_stream(self, request: h11.Request) -> None:
         # h11's Headers is a Sequence whose items are built per index in Python; its
@@ -87,9 +87,7 @@ class EdgeH11Protocol(H11Protocol):
         if error is not None:
             await self._refuse(request, error)
             return
-        if self._peer_closed is None:
-            self._peer_closed = _peer_probe(self.send)
-        if self._peer_closed and self._peer_closed():
+        if self._peer_closed is not None and self._peer_closed():
             await self._drop(request)
             return
         await super()._create_stream(request)
@@ -97,7 +95,7 @@ class EdgeH11Protocol(H11Protocol):
             extensions: dict[str, Any] = self.stream.scope["extensions"]
             if self._client_waits():
                 extensions[CONTINUE_EXTENSION] = {"send": self._send_continue}
-            if self._peer_closed:
+            if self._peer_closed is not None:
                 extensions[PEER_CLOSED_EXTENSION] = self._peer_closed
 
     def _client_waits(self) -> bool:
@@ -114,18 +112,14 @@ class EdgeH11Protocol(H11Protocol):
         """Close a connection whose client left before its request was read: no app task,
         no answer (nobody would read it), one log line."""
         await self.send(Closed())
-        path = origin_path(request.target.partition(b"?")[0].decode("latin-1"))
-        sent_id = next((v for n, v in request.headers if n == b"x-request-id"), None)
+        path, rid = _path_and_id(request)
         log.info("request dropped: the client left before it was read",
-                 request_id=request_id(sent_id).decode(), method=request.method.decode(),
-                 path=path[:200])
+                 request_id=rid.decode(), method=request.method.decode(), path=path[:200])
 
     async def _refuse(self, request: h11.Request, error: ClosingError) -> None:
         """Answer `error` in the caller's format, then close the connection."""
-        path = origin_path(request.target.partition(b"?")[0].decode("latin-1"))
+        path, rid = _path_and_id(request)
         status, body = render(error, anthropic=anthropic_path(path))
-        sent_id = next((v for n, v in request.headers if n == b"x-request-id"), None)
-        rid = request_id(sent_id)
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
                    *error.headers(), *self.config.response_headers("h11")]
@@ -137,8 +131,15 @@ class EdgeH11Protocol(H11Protocol):
                  path=path[:200], status=status, code=error.code)
 
 
-def _peer_probe(send: Any) -> Callable[[], bool] | Literal[False]:
-    """A probe of the client's socket for its end, or False where none can be made.
+def _path_and_id(request: h11.Request) -> tuple[str, bytes]:
+    """A head's origin path and the request id it will be logged and answered under."""
+    path = origin_path(request.target.partition(b"?")[0].decode("latin-1"))
+    sent_id = next((v for n, v in request.headers if n == b"x-request-id"), None)
+    return path, request_id(sent_id)
+
+
+def _peer_probe(send: Any) -> Callable[[], bool] | None:
+    """A probe of the client's socket for its end, or None where none can be made.
 
     Hypercorn hands the protocol its `TCPServer.protocol_send`; that server holds the
     connection's Trio stream (an SSL stream wraps the socket's stream).
@@ -146,7 +147,7 @@ def _peer_probe(send: Any) -> Callable[[], bool] | Literal[False]:
     stream = getattr(getattr(send, "__self__", None), "stream", None)
     sock = getattr(getattr(stream, "transport_stream", stream), "socket", None)
     if sock is None or not hasattr(select, "poll") or not hasattr(select, "POLLRDHUP"):
-        return False
+        return None
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLRDHUP)  # POLLHUP and POLLERR come anyway
 

@@ -342,11 +342,11 @@ class RedisTier:
         generation = self._generation
         try:
             await self._in_thread(client.ping, wait=False, deadline=self._background_deadline)
-        except self._gone as exc:
-            self.probe_failures += 1
-            self._fail(exc, generation)
-        except (_Busy, *self._failures):
-            pass  # busy threads or a slow answer: for requests to judge
+        except (_Busy, *self._failures) as exc:
+            # busy threads or a slow answer are left to requests to judge
+            if isinstance(exc, self._gone):
+                self.probe_failures += 1
+                self._fail(exc, generation)
         finally:
             self.health_pings += 1
 
